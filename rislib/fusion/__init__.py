@@ -1,0 +1,1 @@
+"""Cross-modal fusion modules, one file per idea (concat, LTS, MARIS, MagNet/LAVT, HARIS)."""

@@ -1,0 +1,136 @@
+"""Small building blocks shared by encoders, fusion modules and decoders."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MLP",
+    "LayerNorm2d",
+    "ConvNormAct",
+    "coord_features",
+    "sine_position_embedding_2d",
+    "masked_mean",
+    "flatten_hw",
+    "unflatten_hw",
+]
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with an activation between them (none after the last)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int = 2,
+        act: type[nn.Module] = nn.GELU,
+    ) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = act()
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return x
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of a ``[B, C, H, W]`` map (as in SAM and ConvNeXt)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv2d -> BatchNorm2d (or GroupNorm) -> activation."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        *,
+        norm: str = "bn",
+        act: type[nn.Module] | None = nn.ReLU,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding=kernel_size // 2, bias=norm == "none")
+        ]
+        if norm == "bn":
+            layers.append(nn.BatchNorm2d(out_ch))
+        elif norm == "gn":
+            layers.append(nn.GroupNorm(min(32, out_ch), out_ch))
+        elif norm != "none":
+            raise ValueError(f"ConvNormAct: norm must be 'bn', 'gn' or 'none', got {norm!r}")
+        if act is not None:
+            layers.append(act())
+        super().__init__(*layers)
+
+
+def coord_features(b: int, h: int, w: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The 8-channel normalised coordinate map of the MCN/LTS family, ``[B, 8, H, W]``.
+
+    Channels: x_min, x_centre, x_max, y_min, y_centre, y_max of each cell in ``[-1, 1]``,
+    then ``1/W`` and ``1/H`` (cell width and height), as used by RIS models since
+    Liu et al. 2017 and in MCN's code.
+    """
+    xs = torch.arange(w, device=device, dtype=dtype)
+    ys = torch.arange(h, device=device, dtype=dtype)
+    x_min, x_max = xs / w * 2 - 1, (xs + 1) / w * 2 - 1
+    y_min, y_max = ys / h * 2 - 1, (ys + 1) / h * 2 - 1
+    x_ctr, y_ctr = (x_min + x_max) / 2, (y_min + y_max) / 2
+    gx = torch.stack([x_min, x_ctr, x_max])[:, None, :].expand(3, h, w)
+    gy = torch.stack([y_min, y_ctr, y_max])[:, :, None].expand(3, h, w)
+    size = torch.stack([torch.full((h, w), 1.0 / w, device=device, dtype=dtype),
+                        torch.full((h, w), 1.0 / h, device=device, dtype=dtype)])
+    return torch.cat([gx, gy, size])[None].expand(b, 8, h, w)
+
+
+def sine_position_embedding_2d(
+    h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32, temperature: float = 10000.0
+) -> Tensor:
+    """DETR-style 2-D sine/cosine positions, ``[H*W, dim]`` (``dim`` divisible by 4)."""
+    if dim % 4:
+        raise ValueError(f"sine_position_embedding_2d: dim must be divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter)
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 * math.pi
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 * math.pi
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    y = yy.flatten()[:, None] * omega[None]
+    x = xx.flatten()[:, None] * omega[None]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).to(dtype)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x [B, L, C]`` over the positions where ``mask [B, L]`` is True -> ``[B, C]``."""
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def flatten_hw(x: Tensor) -> Tensor:
+    """``[B, C, H, W] -> [B, H*W, C]``."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def unflatten_hw(x: Tensor, h: int, w: int) -> Tensor:
+    """``[B, H*W, C] -> [B, C, H, W]``."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)

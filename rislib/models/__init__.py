@@ -1,0 +1,38 @@
+"""Complete models: the baselines, LTS, MARIS, MagNet and HARIS, built by name.
+
+``build_model(name, preset="tiny"|"small"|"paper", **overrides)``; ``available()`` lists
+the names. Every method module in this package registers itself when imported below.
+"""
+
+import importlib
+import pkgutil
+
+from .base import ModelConfig, RISModel
+from .registry import (
+    available,
+    build_model,
+    get_config,
+    load_model,
+    model_summary,
+    presets,
+    register_model,
+    save_model,
+)
+
+# Import every method module so that it registers (baseline.py, lts.py, maris.py, ...).
+for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _m not in {"base", "registry"} and not _m.startswith("_"):
+        importlib.import_module(f"{__name__}.{_m}")
+
+__all__ = [
+    "ModelConfig",
+    "RISModel",
+    "available",
+    "build_model",
+    "get_config",
+    "load_model",
+    "model_summary",
+    "presets",
+    "register_model",
+    "save_model",
+]

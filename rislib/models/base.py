@@ -1,0 +1,154 @@
+"""The one model interface: ``model(batch) -> ModelOutput``, ``model.loss(batch, out) -> dict``.
+
+Every method subclasses :class:`RISModel` and a :class:`ModelConfig` dataclass. The base
+class owns what every method needs in the same way:
+
+* text preparation (raw strings are tokenised by the model's own text encoder);
+* :meth:`RISModel.predict`, which puts the model in eval mode itself (LAVT users were
+  bitten by a demo that forgot ``model.eval()``), resizes logits to the input size and
+  thresholds the probability at 0.5;
+* parameter groups for the optimiser (backbones at a lower learning rate, no weight decay
+  on norms and biases).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..encoders.base import TextEncoder, VisionEncoder
+from ..types import Batch, ModelOutput, TextInput
+
+__all__ = ["ModelConfig", "RISModel"]
+
+
+@dataclass
+class ModelConfig:
+    """Fields shared by every method's config. Presets are instances of the subclasses.
+
+    Attributes:
+        image_size: square input side the data pipeline resizes to.
+        max_tokens: tokenizer length, special tokens included (20 for BERT-style encoders,
+            as LAVT/MagNet; papers.md 1.3).
+        vision: registered vision-encoder name; ``vision_kwargs`` go to its builder.
+        text: registered text-encoder name; ``text_kwargs`` go to its builder.
+        vision_checkpoint, text_checkpoint: paths of pre-trained weights (paper presets).
+        backbone_lr_scale: learning-rate multiplier of the encoders' trainable parameters.
+    """
+
+    image_size: int = 128
+    max_tokens: int = 20
+    vision: str = "tiny_cnn"
+    vision_kwargs: dict[str, Any] = field(default_factory=dict)
+    text: str = "tiny_transformer"
+    text_kwargs: dict[str, Any] = field(default_factory=dict)
+    vision_checkpoint: str | None = None
+    text_checkpoint: str | None = None
+    backbone_lr_scale: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RISModel(nn.Module, ABC):
+    """Base class of referring-segmentation models.
+
+    Subclasses set ``self.vision_encoder`` (a :class:`VisionEncoder`) and
+    ``self.text_encoder`` (a :class:`TextEncoder`) and implement :meth:`forward` and
+    :meth:`loss`. ``name`` and ``preset`` are filled in by ``build_model``.
+    """
+
+    config: ModelConfig
+    vision_encoder: VisionEncoder
+    text_encoder: TextEncoder
+    name: str = ""
+    preset: str = ""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    # ---- text ---------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.text_encoder.tokenizer
+
+    def prepare_text(self, text: list[str] | TextInput, device: torch.device) -> TextInput:
+        """Tokenise raw strings with the model's tokenizer and move ids to ``device``."""
+        if not isinstance(text, TextInput):
+            text = self.tokenizer(list(text))
+        return text.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- the interface -----------------------------------------------------------------
+    @abstractmethod
+    def forward(self, batch: Batch) -> ModelOutput:
+        """Mask logits ``[B, 1, h, w]`` plus named auxiliary outputs."""
+
+    @abstractmethod
+    def loss(self, batch: Batch, output: ModelOutput) -> dict[str, Tensor]:
+        """Named loss terms and their weighted sum under ``"total"``."""
+
+    # ---- inference ---------------------------------------------------------------------
+    @torch.no_grad()
+    def probabilities(self, batch: Batch, size: tuple[int, int] | None = None) -> Tensor:
+        """Foreground probability ``[B, 1, H, W]`` at ``size`` (the input size by default).
+
+        Runs in eval mode and restores the previous mode afterwards. A model with a
+        ``"no_target_logits"`` output multiplies by the probability that a target exists.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(batch.to(self.device))
+        finally:
+            self.train(was_training)
+        size = size or tuple(batch.images.shape[-2:])
+        logits = F.interpolate(out.logits.float(), size=size, mode="bilinear", align_corners=False)
+        prob = logits.sigmoid()
+        if "no_target_logits" in out.aux:
+            prob = prob * (1 - out.aux["no_target_logits"].float().sigmoid()).view(-1, 1, 1, 1)
+        return prob
+
+    @torch.no_grad()
+    def predict(self, batch: Batch, threshold: float = 0.5, size: tuple[int, int] | None = None) -> Tensor:
+        """Boolean masks ``[B, 1, H, W]``: probability > ``threshold`` (0.5, as LAVT/MagNet)."""
+        return self.probabilities(batch, size) > threshold
+
+    # ---- optimisation ------------------------------------------------------------------
+    def backbone_modules(self) -> list[nn.Module]:
+        """Modules trained at ``backbone_lr_scale`` times the base learning rate."""
+        return [self.vision_encoder, self.text_encoder]
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: backbone vs the rest, each split into decayed / not decayed
+        (biases, norms, embeddings and 1-D parameters are not decayed)."""
+        backbone_ids = {id(p) for m in self.backbone_modules() for p in m.parameters()}
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_decay = p.ndim <= 1 or name.endswith(".bias") or "norm" in name.lower() or "embed" in name.lower()
+            groups.setdefault((id(p) in backbone_ids, no_decay), []).append(p)
+        out = []
+        for (is_backbone, no_decay), params in groups.items():
+            scale = self.config.backbone_lr_scale if is_backbone else 1.0
+            out.append({
+                "params": params,
+                "lr": lr * scale,
+                "lr_scale": scale,
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "name": f"{'backbone' if is_backbone else 'head'}{'_no_decay' if no_decay else ''}",
+            })
+        return out
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
