@@ -4,7 +4,9 @@
 ``available()`` lists the names.
 """
 
-from . import tiny  # noqa: F401  (registers the tiny encoders)
+import importlib
+import pkgutil
+
 from .base import REFSHAPES_VOCAB, TextEncoder, Tokenizer, VisionEncoder, WordTokenizer
 from .peft import (
     BottleneckAdapter,
@@ -18,6 +20,11 @@ from .peft import (
     unfreeze,
 )
 from .registry import available, build_text_encoder, build_vision_encoder
+
+# Import every encoder module so that it registers its builders (tiny.py, sam.py, clip.py, ...).
+for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _m not in {"base", "registry", "peft"} and not _m.startswith("_"):
+        importlib.import_module(f"{__name__}.{_m}")
 
 __all__ = [
     "REFSHAPES_VOCAB",
