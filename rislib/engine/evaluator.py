@@ -177,14 +177,30 @@ def _json_safe(x: Any) -> Any:
 
 def _resize(mask: Tensor, size: tuple[int, int], threshold: float) -> Tensor:
     """``[H, W]`` bool or probability map -> bool ``[h, w]`` (bool: NEAREST; float: bilinear then > t)."""
+    size = (int(size[0]), int(size[1]))
     if mask.dtype == torch.bool:
-        if tuple(mask.shape) == tuple(size):
+        if tuple(mask.shape) == size:
             return mask
         return F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0] > 0.5
     m = mask.float()
-    if tuple(m.shape) != tuple(size):
+    if tuple(m.shape) != size:
         m = F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     return m > threshold
+
+
+def _to_original(
+    pred: Tensor, orig_size: tuple[int, int], input_size: tuple[int, int], letterbox: Any, threshold: float
+) -> Tensor:
+    """A prediction -> bool mask at the original image size.
+
+    A mask already at the original size is kept; one at the network input size of a
+    letterboxed image is first cropped to the image's part of the canvas (as
+    ``rislib.data.restore_mask`` does); then it is resized (``_resize``).
+    """
+    if tuple(pred.shape) != tuple(orig_size) and letterbox is not None and tuple(pred.shape) == tuple(input_size):
+        (ox, oy), (nh, nw) = letterbox.offset, letterbox.resized
+        pred = pred[oy : oy + nh, ox : ox + nw]  # [S, S] -> [nh, nw]: drop the padding
+    return _resize(pred, orig_size, threshold)
 
 
 def _as_tensor_list(out: Any, n: int, device: torch.device) -> list[Tensor]:
@@ -221,7 +237,8 @@ class _OriginalMasks:
                 "use an rislib.data.RISDataset, or protocol='network'"
             )
         self.source = source
-        self.refs = {r["ref_id"]: r for r in source.refs(split)}
+        refs = getattr(dataset, "refs", None)
+        self.refs = {r["ref_id"]: r for r in (refs if isinstance(refs, list) else source.refs(split))}
         self._cache: dict[Any, np.ndarray] = {}
 
     def __call__(self, meta: dict[str, Any]) -> np.ndarray:
@@ -351,9 +368,10 @@ class Evaluator:
                 acc.add_counts(*mask_counts(pred, gt), type=types, sample_id=ids, no_target=no_target)
             else:
                 assert self._original is not None
+                input_size = tuple(batch.images.shape[-2:])
                 for k, m in enumerate(meta):
                     gt_np = self._original(m)  # [h, w] at the original size
-                    pred = _resize(preds[k], gt_np.shape, self.threshold)
+                    pred = _to_original(preds[k], gt_np.shape, input_size, m.get("letterbox"), self.threshold)
                     gt = torch.from_numpy(gt_np).to(device)
                     acc.add_counts(*mask_counts(pred, gt), type=types[k], sample_id=ids[k], no_target=no_target[k])
             metas += meta
