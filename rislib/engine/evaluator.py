@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..data import collate_batch
 from ..metrics import DEFAULT_THRESHOLDS, Comparator, MetricAccumulator, format_table, mask_counts
 from ..models.base import RISModel
 from ..types import Batch
@@ -301,8 +302,6 @@ class Evaluator:
         self._original: _OriginalMasks | None = None
 
     def _loader(self, pin: bool) -> DataLoader:
-        from ..data import collate_batch
-
         data = self.dataset
         if self.limit is not None and self.limit < len(data):
             data = torch.utils.data.Subset(data, range(self.limit))
