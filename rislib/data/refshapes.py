@@ -241,7 +241,7 @@ def generate_image(params: RefShapesParams, split: str, index: int) -> dict[str,
         referents = scene.all_mask
         if split == "testC":
             referents = sum(1 << i for i, o in enumerate(scene.objects) if (o.colour, o.shape) in HELD_OUT_PAIRS)
-        cands = single_candidates(scene, types, referents)
+        cands = single_candidates(scene, types, referents, rng)
         chosen = select_references(rng, cands, types, params.max_refs, forced=forced_pos)
         if not chosen:
             continue

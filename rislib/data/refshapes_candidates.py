@@ -57,13 +57,16 @@ def _subsets(scene: Scene, i: int) -> list[NP]:
     return out
 
 
-def single_candidates(scene: Scene, types: Iterable[str], referents: int) -> dict[str, dict[int, list[Candidate]]]:
+def single_candidates(
+    scene: Scene, types: Iterable[str], referents: int, rng: np.random.Generator
+) -> dict[str, dict[int, list[Candidate]]]:
     """For each type, ``{object index: [candidates]}`` of the expressions that pick out exactly it.
 
     Args:
         scene: the image's objects.
         types: which single-target types to list.
         referents: bit mask of the objects that may be referents (testC: held-out pairs only).
+        rng: draws the inner relation of each chain (one per outer NP, relation and anchor).
     """
     types = set(types)
     out: dict[str, dict[int, list[Candidate]]] = {t: {} for t in types}
@@ -101,39 +104,40 @@ def single_candidates(scene: Scene, types: Iterable[str], referents: int) -> dic
                         add("ordinal", bits(hit)[0], (Ord(p, k, d),))
     if "relation" in types or "chain" in types:
         # relation: anchor = an NP matching exactly one object; NP1 matches >= 2 others.
+        match = {p: scene.match(p) for p in nps}
         relations: dict[int, list[tuple[Rel, int]]] = {}  # referent -> [(expr, anchor index)]
-        anchors = [(bits(scene.match(p))[0], p) for p in nps if popcount(scene.match(p)) == 1]
+        anchors = [(bits(m)[0], p) for p, m in match.items() if m.bit_count() == 1]
         for a, p2 in anchors:
             abit = 1 << a
-            for p1 in nps:
-                m1 = scene.match(p1)
-                if popcount(m1 & ~abit) < 2:
+            for p1, m1 in match.items():
+                if (m1 & ~abit).bit_count() < 2:
                     continue
                 for rel in RELATIONS:
                     hit = m1 & scene.rel_mask[rel][a]
-                    if popcount(hit) == 1:
-                        relations.setdefault(bits(hit)[0], []).append((Rel(p1, rel, Attr(p2)), a))
+                    if hit.bit_count() == 1:
+                        relations.setdefault(hit.bit_length() - 1, []).append((Rel(p1, rel, Attr(p2)), a))
         if "relation" in types:
             for r, lst in relations.items():
                 for expr, _ in lst:
                     add("relation", r, (expr,))
         if "chain" in types:
             # the NP1 REL1 [a relation expression naming a2]: NP1 matches >= 2 objects besides a2,
-            # exactly one of them is REL1 a2, and it is neither a2 nor a2's anchor.
-            for a2, inner in relations.items():
+            # exactly one of them is REL1 a2, and it is neither a2 nor a2's anchor. One inner
+            # expression is drawn per (NP1, REL1, a2), which keeps the list short.
+            for a2 in sorted(relations):
+                inner = relations[a2]
                 bit2 = 1 << a2
-                for p1 in nps:
-                    m1 = scene.match(p1)
-                    if popcount(m1 & ~bit2) < 2:
+                for p1, m1 in match.items():
+                    if (m1 & ~bit2).bit_count() < 2:
                         continue
                     for rel in RELATIONS:
                         hit = m1 & scene.rel_mask[rel][a2]
-                        if popcount(hit) != 1:
+                        if hit.bit_count() != 1:
                             continue
-                        r = bits(hit)[0]
-                        for expr, a3 in inner:
-                            if r != a3:
-                                add("chain", r, (Rel(p1, rel, expr),))
+                        r = hit.bit_length() - 1
+                        valid = [expr for expr, a3 in inner if a3 != r]
+                        if valid and referents >> r & 1:
+                            add("chain", r, (Rel(p1, rel, valid[int(rng.integers(len(valid)))]),))
     return out
 
 

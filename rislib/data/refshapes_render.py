@@ -129,11 +129,11 @@ def gradient_background(rng: np.random.Generator, size: int) -> np.ndarray:
     while np.abs(c1 - c2).max() < 30:  # never (almost) flat
         c2 = rng.integers(lo, hi + 1, size=3)
     theta = rng.uniform(0.0, 2 * math.pi)
-    coords = np.arange(size, dtype=np.float64)
-    proj = math.cos(theta) * coords[None, :] + math.sin(theta) * coords[:, None]  # [S, S]
-    t = (proj - proj.min()) / max(proj.max() - proj.min(), 1e-9)
-    img = c1[None, None, :] * (1.0 - t[..., None]) + c2[None, None, :] * t[..., None]  # [S, S, 3]
-    img = img + rng.normal(0.0, BACKGROUND_NOISE_SIGMA, size=img.shape)
+    coords = np.arange(size, dtype=np.float32)
+    proj = np.float32(math.cos(theta)) * coords[None, :] + np.float32(math.sin(theta)) * coords[:, None]  # [S, S]
+    t = ((proj - proj.min()) / max(float(proj.max() - proj.min()), 1e-9))[..., None]  # [S, S, 1]
+    img = c1.astype(np.float32) * (1.0 - t) + c2.astype(np.float32) * t  # [S, S, 3]
+    img += rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(BACKGROUND_NOISE_SIGMA)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -195,9 +195,10 @@ class Layout:
 
     def render(self, background: np.ndarray) -> np.ndarray:
         """Draw the objects over ``background`` (uint8 ``[S, S, 3]``) in placement order."""
+        palette = np.array([obj.rgb for obj in self.objects], dtype=np.uint8).reshape(-1, 3)
         img = background.copy()
-        for i, obj in enumerate(self.objects):
-            img[self.owner == i] = obj.rgb
+        drawn = self.owner >= 0
+        img[drawn] = palette[self.owner[drawn]]
         return img
 
 
