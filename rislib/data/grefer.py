@@ -75,11 +75,7 @@ class GReferDataset(ReferDataset):
             )
         if not no_target:
             for a in ann_ids:
-                if a not in self._anns:
-                    raise DataFormatError(
-                        f"{self.refs_path}: {where} names ann_id {a!r}, which is not an annotation in "
-                        f"{self.instances_path}"
-                    )
+                self._check_ann(ref, a, where)
         ref["ann_id"] = ann_ids
         ref["no_target"] = no_target
 

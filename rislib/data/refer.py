@@ -145,11 +145,18 @@ class ReferDataset:
         self._categories = {c["id"]: c.get("name", str(c["id"])) for c in inst.get("categories", []) if "id" in c}
 
     def _check_ann_ids(self, ref: dict[str, Any], where: str) -> None:
-        ann_id = ref["ann_id"]
+        self._check_ann(ref, ref["ann_id"], where)
+
+    def _check_ann(self, ref: dict[str, Any], ann_id: Any, where: str) -> None:
         if ann_id not in self._anns:
             raise DataFormatError(
                 f"{self.refs_path}: {where} names ann_id {ann_id!r}, "
                 f"which is not an annotation in {self.instances_path}"
+            )
+        if self._anns[ann_id]["image_id"] != ref["image_id"]:
+            raise DataFormatError(
+                f"{self.refs_path}: {where} has image_id {ref['image_id']!r} but its ann_id {ann_id!r} belongs to "
+                f"image {self._anns[ann_id]['image_id']!r} in {self.instances_path}"
             )
 
     def _index_refs(self, refs: list[Any]) -> None:
@@ -165,12 +172,12 @@ class ReferDataset:
             missing = [k for k in ("ref_id", "ann_id", "image_id", "split", "sentences") if k not in ref]
             if missing:
                 raise DataFormatError(f"{path}: {where} lacks field(s) {missing}")
-            self._check_ann_ids(ref, where)
             if ref["image_id"] not in self._images:
                 raise DataFormatError(
                     f"{path}: {where} names image_id {ref['image_id']!r}, "
                     f"which is not an image in {self.instances_path}"
                 )
+            self._check_ann_ids(ref, where)
             sents = ref["sentences"]
             if not isinstance(sents, list) or not sents:
                 raise DataFormatError(f"{path}: {where} field 'sentences' must be a non-empty list")
