@@ -1,18 +1,16 @@
 """Resuming is exact: a run killed with SIGKILL mid-epoch and resumed ends bit-identical to an
 uninterrupted one, and a crash while a checkpoint is being written leaves the previous one.
 
-One subprocess trains and kills itself (SIGKILL) in the middle of writing the checkpoint of
+One child process trains and kills itself (SIGKILL) in the middle of writing the checkpoint of
 step 9, i.e. mid-epoch and mid-write at once; both tests read what it left behind.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -22,62 +20,37 @@ from test_trainer import ToyShapes, build_toy, toy_collate
 from rislib.engine.trainer import TrainConfig, Trainer, find_checkpoints
 from rislib.models import load_model
 
-TESTS = Path(__file__).resolve().parent
-
 # 40 samples / batch 8 = 5 steps per epoch, 3 epochs; checkpoints every 3 steps and at
 # epoch ends (3, 5, 6, 9, 10, 12, ...). Dropout, an EMA, warmup and a DataLoader worker make
 # every source of state matter: model RNG, optimiser, schedule, EMA, data order.
 CONFIG = dict(epochs=3, batch_size=8, lr=3e-3, save_every=3, warmup_steps=2, schedule="cosine", ema_decay=0.9,
               workers=1, progress=False, log_every=1, keep_last=2)  # fmt: skip
 
-SCRIPT = textwrap.dedent(
-    """
-    import os, signal, sys
-    sys.path.insert(0, {tests!r})
-    import torch
+
+def _train_and_die(out: str, crash_on_save: int) -> None:
+    """Child process: train, and SIGKILL itself in the middle of writing checkpoint number ``crash_on_save``."""
     torch.set_num_threads(1)
-    from test_trainer import ToyShapes, build_toy, toy_collate
-    from rislib.engine.trainer import TrainConfig, Trainer
+    real_save, seen = torch.save, []
 
-    out, kill_at, crash_on_save = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    if crash_on_save:
-        real_save, seen = torch.save, []
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "trainer" in obj:
+            seen.append(1)
+            if len(seen) == crash_on_save:
+                f.write(b"PK-partial-checkpoint")
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *args, **kwargs)
 
-        def save(obj, f, *a, **k):  # write part of the file, then die mid-write
-            if isinstance(obj, dict) and "trainer" in obj:
-                seen.append(1)
-                if len(seen) == crash_on_save:
-                    f.write(b"PK-partial-checkpoint")
-                    f.flush()
-                    os.kill(os.getpid(), signal.SIGKILL)
-            return real_save(obj, f, *a, **k)
-
-        torch.save = save
-
-    def killer(trainer, info):
-        if info["step"] == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    torch.manual_seed(123)
-    model = build_toy(dropout=0.2)
-    cfg = TrainConfig(out_dir=out, **{config!r})
-    Trainer(model, cfg, train_dataset=ToyShapes(40, seed=1), collate_fn=toy_collate, callbacks=[killer]).fit()
-    """
-)
+    torch.save = save
+    _train(Path(out), resume=False)
 
 
-def _run_killed(tmp_path: Path, out: Path, kill_at: int = -1, crash_on_save: int = 0) -> None:
-    script = tmp_path / "train_and_die.py"
-    script.write_text(SCRIPT.format(tests=str(TESTS), config=CONFIG))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.run(
-        [sys.executable, str(script), str(out), str(kill_at), str(crash_on_save)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+def _run_killed(out: Path, crash_on_save: int) -> None:
+    # fork: the child inherits the imported modules instead of importing torch and rislib again
+    proc = multiprocessing.get_context("fork").Process(target=_train_and_die, args=(str(out), crash_on_save))
+    proc.start()
+    proc.join(timeout=300)
+    assert proc.exitcode == -signal.SIGKILL, f"the training process ended with {proc.exitcode}, not SIGKILL"
 
 
 def _train(out: Path, resume: bool) -> Trainer:
@@ -102,7 +75,7 @@ def crashed_run(tmp_path_factory) -> Path:
     """A run SIGKILLed while writing its 4th checkpoint (step 9, mid-epoch 1)."""
     tmp = tmp_path_factory.mktemp("resume")
     run = tmp / "crashed"
-    _run_killed(tmp, run, crash_on_save=4)
+    _run_killed(run, crash_on_save=4)
     return run
 
 
