@@ -31,9 +31,12 @@ Example::
 from __future__ import annotations
 
 import math
+import sys
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,8 +44,10 @@ import torch
 import torch.nn.functional as F
 
 from ..types import Batch
+from .evaluator import EvalResult, evaluate
 
 __all__ = [
+    "ImageInstances",
     "InstanceHeuristic",
     "LargestObject",
     "MostSalient",
@@ -50,12 +55,36 @@ __all__ = [
     "WholeImage",
     "available",
     "build_heuristic",
+    "heuristic_floor",
     "salience_scores",
 ]
 
 
+@dataclass(frozen=True)
+class ImageInstances:
+    """The annotated objects of one image.
+
+    Attributes:
+        masks: bool ``[N, h, w]`` visible masks at the original size, in annotation order.
+        annotations: the N COCO annotation dicts (``id``, ``category_id``, ``area``, ``bbox``...).
+        pixels: uint8 ``[h, w, 3]`` RGB image, or None when the heuristic does not look at it.
+    """
+
+    masks: np.ndarray
+    annotations: list[dict[str, Any]]
+    pixels: np.ndarray | None = None
+
+    @property
+    def areas(self) -> np.ndarray:
+        """int ``[N]`` visible pixels of each object."""
+        return self.masks.reshape(len(self.masks), -1).sum(1)
+
+
 class InstanceHeuristic(ABC):
-    """A predictor ``Batch -> list of bool [h, w] masks`` that picks one annotated object per image.
+    """A predictor ``Batch -> list of bool [h, w] masks`` that picks one annotated object per sample.
+
+    Subclasses implement :meth:`choose`. The evaluator calls the instance on each batch; the
+    masks it returns are at each image's original size.
 
     Args:
         source: a REFER-style data source (``ReferDataset`` / ``GReferDataset``) providing
@@ -78,36 +107,36 @@ class InstanceHeuristic(ABC):
                 )
         self.source = source
         self.cache_images = int(cache_images)
-        self._cache: dict[Any, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._cache: dict[Any, ImageInstances] = {}
 
-    def instances(self, image_id: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(masks bool [N, h, w], image uint8 [h, w, 3] or None)`` of one image (cached)."""
+    def instances(self, image_id: Any) -> ImageInstances:
+        """The annotated objects of one image (cached)."""
         hit = self._cache.get(image_id)
         if hit is not None:
             return hit
         info = self.source.image_info(image_id)
         h, w = int(info["height"]), int(info["width"])
-        anns = self.source.annotations_of_image(image_id)
+        anns = list(self.source.annotations_of_image(image_id))
         masks = np.stack([self.source.annotation_mask(a["id"]) for a in anns]) if anns else np.zeros((0, h, w), bool)
         pixels = np.asarray(self.source.image(image_id), dtype=np.uint8) if self.needs_pixels else None
         if len(self._cache) >= self.cache_images:
             self._cache.pop(next(iter(self._cache)))
-        self._cache[image_id] = (masks, pixels)
-        return masks, pixels
+        self._cache[image_id] = found = ImageInstances(masks, anns, pixels)
+        return found
 
     @abstractmethod
-    def choose(self, masks: np.ndarray, pixels: np.ndarray | None, meta: dict[str, Any]) -> int:
-        """Index of the chosen object among ``masks`` ``[N, h, w]`` (N >= 1)."""
+    def choose(self, objects: ImageInstances, meta: dict[str, Any], sentence: str) -> int:
+        """Index of the chosen object among ``objects`` (at least one) for this sample."""
 
-    def predict_one(self, meta: dict[str, Any]) -> np.ndarray:
+    def predict_one(self, meta: dict[str, Any], sentence: str = "") -> np.ndarray:
         """bool ``[h, w]`` prediction for one sample at its image's original size."""
-        masks, pixels = self.instances(meta["image_id"])
-        if len(masks) == 0:
-            return np.zeros(masks.shape[1:], dtype=bool)
-        return masks[self.choose(masks, pixels, meta)].copy()
+        objects = self.instances(meta["image_id"])
+        if len(objects.masks) == 0:
+            return np.zeros(objects.masks.shape[1:], dtype=bool)
+        return objects.masks[self.choose(objects, meta, sentence)].copy()
 
     def __call__(self, batch: Batch) -> list[np.ndarray]:
-        return [self.predict_one(m) for m in batch.meta]
+        return [self.predict_one(m, s) for m, s in zip(batch.meta, batch.raw_text)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -118,8 +147,8 @@ class LargestObject(InstanceHeuristic):
 
     name = "largest_object"
 
-    def choose(self, masks: np.ndarray, pixels: np.ndarray | None, meta: dict[str, Any]) -> int:
-        return int(masks.reshape(len(masks), -1).sum(1).argmax())
+    def choose(self, objects: ImageInstances, meta: dict[str, Any], sentence: str) -> int:
+        return int(objects.areas.argmax())
 
 
 def salience_scores(masks: np.ndarray, pixels: np.ndarray) -> np.ndarray:
@@ -159,9 +188,9 @@ class MostSalient(InstanceHeuristic):
     name = "most_salient"
     needs_pixels = True
 
-    def choose(self, masks: np.ndarray, pixels: np.ndarray | None, meta: dict[str, Any]) -> int:
-        assert pixels is not None
-        return int(salience_scores(masks, pixels).argmax())
+    def choose(self, objects: ImageInstances, meta: dict[str, Any], sentence: str) -> int:
+        assert objects.pixels is not None
+        return int(salience_scores(objects.masks, objects.pixels).argmax())
 
 
 class RandomObject(InstanceHeuristic):
@@ -177,11 +206,11 @@ class RandomObject(InstanceHeuristic):
         super().__init__(source=source, cache_images=cache_images)
         self.seed = int(seed)
 
-    def choose(self, masks: np.ndarray, pixels: np.ndarray | None, meta: dict[str, Any]) -> int:
+    def choose(self, objects: ImageInstances, meta: dict[str, Any], sentence: str) -> int:
         sample = repr((meta.get("ref_id"), meta.get("sent_id"))).encode()
         key = [self.seed, zlib.crc32(sample)]
         state = np.random.SeedSequence(key).generate_state(1)
-        return int(state[0] % len(masks))
+        return int(state[0] % len(objects.masks))
 
 
 class WholeImage(InstanceHeuristic):
@@ -189,12 +218,12 @@ class WholeImage(InstanceHeuristic):
 
     name = "whole_image"
 
-    def predict_one(self, meta: dict[str, Any]) -> np.ndarray:
+    def predict_one(self, meta: dict[str, Any], sentence: str = "") -> np.ndarray:
         info = self.source.image_info(meta["image_id"])
         return np.ones((int(info["height"]), int(info["width"])), dtype=bool)
 
-    def choose(self, masks: np.ndarray, pixels: np.ndarray | None, meta: dict[str, Any]) -> int:
-        return 0  # unused: predict_one returns the whole image
+    def choose(self, objects: ImageInstances, meta: dict[str, Any], sentence: str) -> int:
+        return 0  # not consulted: predict_one returns the whole image
 
 
 _HEURISTICS: dict[str, Callable[..., InstanceHeuristic]] = {
@@ -215,3 +244,97 @@ def build_heuristic(name: str, source: Any, **kwargs: Any) -> InstanceHeuristic:
     if name not in _HEURISTICS:
         raise KeyError(f"unknown heuristic {name!r}; available: {available()}")
     return _HEURISTICS[name](source=source, **kwargs)
+
+
+def heuristic_floor(
+    source: Any,
+    splits: Sequence[str],
+    *,
+    names: Sequence[str] | None = None,
+    image_size: int = 128,
+    protocol: str = "original",
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[EvalResult]:
+    """Evaluate every heuristic (or ``names``) on every split of ``source``.
+
+    ``image_size`` only matters for ``protocol="network"`` (the heuristics predict at the
+    original size). Returns one :class:`EvalResult` per (heuristic, split), heuristics outer.
+    """
+    from ..data import RISDataset
+
+    results = []
+    for name in names or available():
+        for split in splits:
+            ds = RISDataset(source, split, mode="eval", image_size=image_size)
+            results.append(
+                evaluate(build_heuristic(name, source), ds, batch_size=batch_size, protocol=protocol, progress=progress)
+            )
+    return results
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m rislib.engine.heuristics``: generate RefShapes test splits, write the floor to JSON."""
+    import argparse
+    import json
+    import os
+    import platform
+    import time
+
+    from ..data import generate_refshapes, open_source
+    from .evaluator import _git_commit, _json_safe
+
+    parser = argparse.ArgumentParser(prog="python -m rislib.engine.heuristics", description=_main.__doc__)
+    parser.add_argument("--data", required=True, help="RefShapes root (generated there unless --no-generate)")
+    parser.add_argument("--no-generate", action="store_true", help="use an existing root as it is")
+    parser.add_argument("--images", type=int, default=1000, help="images per split to generate (default 1000)")
+    parser.add_argument("--size", type=int, default=256, help="image side to generate (default 256)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--splits", nargs="+", default=["testA", "testB", "testC"])
+    parser.add_argument("--protocol", choices=("original", "network"), default="original")
+    parser.add_argument("--workers", type=int, default=None, help="generator processes")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the work is per-sample numpy and small tensor ops: threads only add contention
+
+    generation = None
+    if not args.no_generate:
+        counts = {s: 0 for s in ("train", "val", "testA", "testB", "testC")}
+        counts.update({s: args.images for s in args.splits})
+        generation = generate_refshapes(args.data, seed=args.seed, size=args.size, counts=counts, workers=args.workers)
+    source = open_source(args.data, "refshapes")
+    start = time.perf_counter()
+    results = heuristic_floor(source, args.splits, protocol=args.protocol)
+    record = {
+        "description": "Non-learned baselines (rislib.engine.heuristics) on RefShapes: the floor every method must "
+        "beat. Metrics in percent; oIoU = sum I / sum U, mIoU = mean per-expression IoU.",
+        "command": "python -m rislib.engine.heuristics " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "data": {
+            "dataset": "refshapes",
+            "seed": args.seed,
+            "size": args.size,
+            "images_per_split": args.images if generation else None,
+            "sentences": {r.info["split"]: r.info["n_samples"] for r in results},
+        },
+        "protocol": args.protocol,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "git_commit": _git_commit(),
+        "seconds": round(time.perf_counter() - start, 1),
+        "summary": {r.info["model"]: {} for r in results},
+        "results": [],
+    }
+    for r in results:
+        keys = ("oIoU", "mIoU", "P@0.5", "P@0.9")
+        record["summary"][r.info["model"]][r.info["split"]] = {k: round(r.metrics[k], 2) for k in keys}
+        record["results"].append(r.to_dict())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(_json_safe(record), indent=1, allow_nan=False) + "\n")
+    for name, per_split in record["summary"].items():
+        print(name, json.dumps(per_split))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
