@@ -89,9 +89,7 @@ def _weights_in_folder(folder: Path) -> list[Path]:
     raise FileNotFoundError(f"{folder}: no weights found (expected one of {list(_WEIGHT_FILES)} or a shard index)")
 
 
-def read_clip_state_dict(
-    source: str | os.PathLike | Mapping[str, Tensor], tower: str
-) -> tuple[dict[str, Tensor], str]:
+def read_clip_state_dict(source: str | os.PathLike | Mapping[str, Tensor], tower: str) -> tuple[dict[str, Tensor], str]:
     """Read one tower's weights from a CLIP checkpoint, keys relative to ``CLIP{Vision,Text}Model``.
 
     Args:
