@@ -137,6 +137,30 @@ def test_timm_checkpoint_in_official_layout_reproduces_outputs_exactly(name, tmp
         assert torch.equal(a, b)
 
 
+def test_swin_loads_the_original_microsoft_layout_exactly(tmp_path):
+    import re
+
+    import timm
+
+    model_name, kwargs = TIMM_SOURCE["swin_tiny_test"]
+    source = timm.create_model(model_name, pretrained=False, **kwargs).eval()
+    original = {}  # Microsoft's layout: downsample at the end of stage i, "head.", index buffers saved
+    for k, v in source.state_dict().items():
+        k = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
+        original[k.replace("head.fc.", "head.")] = v
+    for i, layer in enumerate(source.layers):
+        for j, blk in enumerate(layer.blocks):
+            original[f"layers.{i}.blocks.{j}.attn.relative_position_index"] = blk.attn.relative_position_index
+    assert "layers.0.downsample.reduction.weight" in original
+    path = atomic_save({"model": original}, tmp_path / "swin_original.pth")
+    enc = build_vision_encoder("swin_tiny_test", checkpoint=path).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = source.forward_intermediates(enc.normalize(x), indices=list(enc.out_indices), intermediates_only=True)
+        for a, b in zip(enc(x), ref):
+            assert torch.equal(a, b)
+
+
 def test_vision_checkpoint_mismatch_is_refused_with_the_key_named(tmp_path):
     enc = build_vision_encoder("resnet_tiny_test")
     sd = enc.body.state_dict()

