@@ -455,3 +455,24 @@ def test_sizes_and_bad_arguments(tmp_path):
             generate_refshapes(tmp_path, size=size, counts={"val": 1}, workers=0, progress=False)
     with pytest.raises(ValueError, match="unknown split"):
         generate_refshapes(tmp_path, size=64, counts={"test": 1}, workers=0, progress=False)
+
+
+def test_flipped_expressions_stay_true_on_the_mirrored_image(generated):
+    from rislib.data import flip_expression
+
+    m = 0.05 * SIZE
+    params = RefShapesParams(seed=11, size=SIZE, generalized=True)
+    val_ids = sorted(i for i, s in generated["scenes"].items() if s["image"]["file_name"].split("_")[1] == "val")
+    ann_index = {o["ann"]["id"]: i for s in generated["scenes"].values() for i, o in enumerate(s["objects"])}
+    flipped_words = 0
+    for img_id in val_ids[:15]:
+        sizes = [o["size"] for o in generate_image(params, "val", img_id - val_ids[0])["objects"]]
+        mirrored = [
+            dict(o, size=size, cx=SIZE - 1 - o["cx"]) for o, size in zip(generated["scenes"][img_id]["objects"], sizes)
+        ]
+        for ref in (r for r in generated["refs"] if r["image_id"] == img_id):
+            for s in ref["sentences"]:
+                text = flip_expression(s["sent"])
+                flipped_words += text != s["sent"]
+                assert denote(text, mirrored, m) == (ref["type"], {ann_index[ref["ann_id"]]}), text
+    assert flipped_words > 5
