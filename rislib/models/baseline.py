@@ -50,13 +50,18 @@ def build_encoders(config: ModelConfig) -> tuple[VisionEncoder, TextEncoder]:
     """Build the config's vision and text encoders and load their checkpoints when given.
 
     The text encoder gets ``max_length=config.max_tokens`` unless ``text_kwargs`` sets it.
+    A checkpoint is loaded strictly, by the encoder's own ``load_checkpoint`` when it has one
+    (timm / BERT key layouts), otherwise by :func:`rislib.checkpoint.load_weights`.
     """
     vision = build_vision_encoder(config.vision, **config.vision_kwargs)
     text = build_text_encoder(config.text, **{"max_length": config.max_tokens, **config.text_kwargs})
-    if config.vision_checkpoint:
-        load_weights(vision, config.vision_checkpoint)
-    if config.text_checkpoint:
-        load_weights(text, config.text_checkpoint)
+    for encoder, path in ((vision, config.vision_checkpoint), (text, config.text_checkpoint)):
+        if path:
+            loader = getattr(encoder, "load_checkpoint", None)
+            if loader is not None:
+                loader(path)
+            else:
+                load_weights(encoder, path)
     return vision, text
 
 
