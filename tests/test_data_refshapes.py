@@ -437,6 +437,12 @@ def test_same_seed_same_bytes_for_any_worker_count_and_other_seeds_differ(tmp_pa
     assert len(files) == 10 + 4  # images, two instances.json, refs(synth).p, grefs(synth).json
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    # the generalized variant does not change the images or the single-target references
+    generate_refshapes(tmp_path / "d", seed=4, size=64, counts=counts, workers=0, progress=False)
+    for f in files:
+        if f.parts[0] != "grefshapes":
+            assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "d" / f).read_bytes(), f
+    assert not (tmp_path / "d" / "grefshapes").exists()
     assert (tmp_path / "a" / "refshapes" / "instances.json").read_bytes() != (
         tmp_path / "c" / "refshapes" / "instances.json"
     ).read_bytes()

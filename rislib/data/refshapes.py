@@ -125,8 +125,10 @@ def image_file_name(split: str, image_id: int) -> str:
     return f"refshapes_{split}_{image_id:07d}.png"
 
 
-def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS.index(split), int(index)]))
+def _image_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.Generator:
+    """The generator of one image; ``stream`` 1 draws the generalized references, so that turning
+    ``generalized`` on or off leaves the images and the single-target references unchanged."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS.index(split), int(index), int(stream)]))
 
 
 def _sample_spec(pairs: list[tuple[str, str]]):
@@ -256,8 +258,12 @@ def generate_image(params: RefShapesParams, split: str, index: int) -> dict[str,
             refs.append({"obj": r, "type": kind, "sentences": sentences})
         if not refs or (forced_pos is not None and all(ref["obj"] != forced_pos for ref in refs)):
             continue
-        grefs = _generalized_refs(rng, scene, split, refs) if params.generalized else []
         background = gradient_background(rng, size)
+        grefs = (
+            _generalized_refs(_image_rng(params.seed, split, index, 1), scene, split, refs)
+            if params.generalized
+            else []
+        )
         objects = []
         for i, obj in enumerate(layout.objects):
             objects.append(
