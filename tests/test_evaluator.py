@@ -52,7 +52,8 @@ class _HandDataset(torch.utils.data.Dataset):
         self.source = _Source()
         self.refs = self.source.refs("val")
         gt = torch.from_numpy(self.source.gt).float()[None, None]
-        self.net_mask = F.interpolate(gt, size=(64, 64), mode="nearest")[0]  # [1, 64, 64], as RISDataset does
+        # [1, 64, 64]: pixel-centre nearest, as RISDataset's PIL NEAREST resize
+        self.net_mask = F.interpolate(gt, size=(64, 64), mode="nearest-exact")[0]
 
     def __len__(self) -> int:
         return 1
@@ -77,8 +78,8 @@ def test_original_protocol_resizes_prediction_and_scores_against_original_mask()
     row = r.rows[0]
     assert (row["I"], row["U"], row["pred_area"], row["gt_area"]) == (2500, 10000, 7500, 5000)
     assert r.metrics["mIoU"] == pytest.approx(25.0) and r.metrics["oIoU"] == pytest.approx(25.0)
-    # A boolean prediction is resized with NEAREST: column x takes input floor(x * 64 / 150) < 32,
-    # the same 75 columns.
+    # A boolean prediction is resized by pixel-centre nearest: column x takes input
+    # floor((x + 0.5) * 64 / 150), which is < 32 iff x < 74.5: the same 75 columns.
     r_bool = evaluate(lambda b: _left_half(b) > 0.5, ds, batch_size=1, progress=False)
     assert r_bool.rows[0]["I"] == 2500 and r_bool.rows[0]["U"] == 10000
     # A mask already at the original size is scored as it is.
@@ -88,12 +89,12 @@ def test_original_protocol_resizes_prediction_and_scores_against_original_mask()
 
 def test_network_protocol_scores_at_input_size_against_nearest_resized_mask():
     ds = _HandDataset()
-    # NEAREST 150 -> 64: column x takes input floor(x * 150 / 64); it is in 50..99 for x = 22..42 (21 columns).
-    assert ds.net_mask[0, 0].nonzero().flatten().tolist() == list(range(22, 43))
+    # nearest 150 -> 64: column x takes input floor((x + 0.5) * 150 / 64), in 50..99 for x = 21..42 (22 columns).
+    assert ds.net_mask[0, 0].nonzero().flatten().tolist() == list(range(21, 43))
     r = evaluate(_left_half, ds, protocol="network", progress=False)
-    # prediction: columns 0..31. I = columns 22..31 = 10 x 64 = 640; U = 32*64 + 21*64 - 640 = 2,752.
-    assert (r.rows[0]["I"], r.rows[0]["U"]) == (640, 2752)
-    assert r.metrics["mIoU"] == pytest.approx(100 * 640 / 2752)
+    # prediction: columns 0..31. I = columns 21..31 = 11 x 64 = 704; U = 32*64 + 22*64 - 704 = 2,752.
+    assert (r.rows[0]["I"], r.rows[0]["U"]) == (704, 2752)
+    assert r.metrics["mIoU"] == pytest.approx(100 * 704 / 2752)
     assert r.info["protocol"] == "network"
 
 
@@ -192,6 +193,18 @@ def test_model_evaluation_matches_an_independent_loop_and_writes_files(refshapes
     assert list(rows[0])[:8] == ["ref_id", "sent_id", "image_id", "type", "sentence", "no_target", "I", "U"]
     assert [int(x["I"]) for x in rows] == inter and rows[0]["sentence"] == ds[0]["text"]
     assert float(rows[0]["IoU"]) == pytest.approx(ious[0], abs=1e-6)
+
+
+def test_a_perfect_mask_stays_perfect_under_both_protocols(refshapes_root):
+    source = open_source(refshapes_root, "refshapes")
+    ds = RISDataset(source, "testB", mode="eval", image_size=24)  # 64 -> 24: a non-integer scale
+
+    def oracle(batch):
+        return [source.mask(source.ref(m["ref_id"])) for m in batch.meta]
+
+    for protocol in ("original", "network"):
+        r = evaluate(oracle, ds, protocol=protocol, progress=False)
+        assert r.metrics["mIoU"] == 100.0 and r.metrics["P@0.9"] == 100.0, protocol
 
 
 def test_heuristics_pick_the_objects_they_promise(refshapes_root):

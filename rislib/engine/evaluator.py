@@ -26,9 +26,10 @@ way (at its own 0.35 threshold). Both protocols are independent of the batch siz
 
 A predictor that is not a model is any callable ``batch -> masks``. It may return a tensor
 ``[B, 1, H, W]`` / ``[B, H, W]`` or a list of ``B`` masks of any size (torch or numpy).
-Boolean masks are resized with NEAREST, float maps are probabilities (bilinear, then
-``> threshold``). The heuristics in :mod:`rislib.engine.heuristics` return boolean masks at
-the original size.
+Boolean masks are resized with PIL's NEAREST, exactly as the data sets resize masks (so a
+perfect mask stays perfect under either protocol);
+float maps are probabilities (bilinear, then ``> threshold``). The heuristics in
+:mod:`rislib.engine.heuristics` return boolean masks at the original size.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -177,12 +179,15 @@ def _json_safe(x: Any) -> Any:
 
 
 def _resize(mask: Tensor, size: tuple[int, int], threshold: float) -> Tensor:
-    """``[H, W]`` bool or probability map -> bool ``[h, w]`` (bool: NEAREST; float: bilinear then > t)."""
+    """``[H, W]`` bool or probability map -> bool ``[h, w]`` (bool: nearest; float: bilinear then > t)."""
     size = (int(size[0]), int(size[1]))
     if mask.dtype == torch.bool:
         if tuple(mask.shape) == size:
             return mask
-        return F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0] > 0.5
+        # PIL's NEAREST, exactly as the data sets resize ground-truth masks (torch's "nearest-exact"
+        # samples the same pixel centres but rounds some non-integer scales differently)
+        small = Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)
+        return torch.from_numpy(np.asarray(small) > 127).to(mask.device)
     m = mask.float()
     if tuple(m.shape) != size:
         m = F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
