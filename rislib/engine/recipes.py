@@ -208,7 +208,7 @@ def _shared(name: str, method: str) -> Recipe:
             warmup_steps=300,
             image_size=256,
             grad_clip=1.0,
-            hflip=False,
+            hflip=True,  # RISDataset swaps "left"/"right" words with the flip
             source="this project's choice: one recipe for every method on RefShapes, sized for one GPU",
         )
     # cpu: a few minutes on 2 cores at 128 px with the tiny presets
@@ -225,7 +225,7 @@ def _shared(name: str, method: str) -> Recipe:
         warmup_steps=100,
         image_size=128,
         grad_clip=1.0,
-        hflip=False,
+        hflip=True,
         source="this project's choice: a few CPU minutes, enough to watch a model learn",
     )
 

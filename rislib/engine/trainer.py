@@ -466,7 +466,9 @@ def plot_curves(history: Iterable[Mapping[str, Any]] | str | os.PathLike, path: 
     for k in terms:
         pts = [(r["step"], r[k]) for r in train if k in r and r[k] is not None]
         if pts:
-            ax_loss.plot(*zip(*pts), label=k[5:], lw=1.6 if k == "loss/total" else 1.0)
+            ax_loss.plot(
+                *zip(*pts), label=k[5:], lw=1.6 if k == "loss/total" else 1.0, marker="." if len(pts) < 30 else None
+            )
     if any(v > 0 for r in train for k, v in r.items() if k.startswith("loss/") and v is not None):
         positive = all(v > 0 for r in train for k, v in r.items() if k.startswith("loss/") and v is not None)
         if positive:
@@ -475,7 +477,8 @@ def plot_curves(history: Iterable[Mapping[str, Any]] | str | os.PathLike, path: 
     if terms:
         ax_loss.legend(fontsize=7)
     if train:
-        ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="#0072B2")
+        ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="#0072B2",
+                   marker="." if len(train) < 30 else None)  # fmt: skip
     ax_lr.set(title="learning rate", xlabel="step")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     shown = [k for k in ("mIoU", "oIoU", "gIoU") if any(k in r for r in val)]
@@ -608,12 +611,21 @@ class Trainer:
                 raise ValueError("Trainer: without a train_dataset, TrainConfig.steps must give the run length")
             self.steps_per_epoch = config.steps
         self.total_steps = config.steps if config.steps is not None else config.epochs * self.steps_per_epoch
+        warmup = config.warmup_steps
+        if warmup and warmup >= self.total_steps:
+            warmup = self.total_steps // 10
+            if self.dist.is_main:
+                warnings.warn(
+                    f"TrainConfig.warmup_steps {config.warmup_steps} >= the run's {self.total_steps} steps; "
+                    f"warming up for {warmup} steps instead",
+                    stacklevel=2,
+                )
         self.schedule = LRSchedule(
             self.optimizer,
             base_lr=config.lr,
             total_steps=self.total_steps,
             schedule=config.schedule,
-            warmup_steps=config.warmup_steps,
+            warmup_steps=warmup,
             warmup_start_factor=config.warmup_start_factor,
             poly_power=config.poly_power,
             min_factor=config.min_lr_factor,

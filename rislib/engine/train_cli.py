@@ -1,0 +1,208 @@
+"""``python -m rislib train``: train a method on a data set with a recipe, on one or many GPUs.
+
+Examples::
+
+    # RefShapes on one GPU (generated into data/refshapes first if it is not there)
+    python -m rislib train --model maris --preset small --dataset refshapes --data data/refshapes \\
+        --recipe refshapes --out runs/maris_small
+
+    # a few minutes on the CPU, an ablation switch, then resume after an interruption
+    python -m rislib train --model maris --preset tiny --data data/refshapes --recipe cpu \\
+        --out runs/maris_novga --set use_vga=false
+    python -m rislib train ... --out runs/maris_novga --resume
+
+    # the paper recipe on RefCOCO, 4 GPUs (batch 32 = 4 x 8)
+    torchrun --standalone --nproc_per_node 4 -m rislib train --model magnet --preset paper \\
+        --dataset refcoco --data /datasets/refer --recipe paper --out runs/magnet_refcoco \\
+        --set vision_checkpoint=/weights/swin_base_patch4_window12_384_22k.pth
+
+Several machines: see :mod:`rislib.engine.distributed`. ``--set key=value`` overrides model
+config fields (``true``/``false``/``none``, numbers, tuples and lists are parsed as Python
+literals; anything else stays a string); ``--train key=value`` overrides
+:class:`~rislib.engine.trainer.TrainConfig` fields the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["configure", "main", "parse_assignments", "ensure_refshapes", "build_datasets"]
+
+DEMO_COUNTS = {"train": 600, "val": 100, "testA": 100, "testB": 100, "testC": 100}
+
+
+def parse_assignments(items: list[str] | None, flag: str = "--set") -> dict[str, Any]:
+    """``["a=1", "b=false", "c=(1, 2)", "d=swin"]`` -> ``{"a": 1, "b": False, "c": (1, 2), "d": "swin"}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag} {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        key, raw = key.strip(), raw.strip()
+        lowered = raw.lower()
+        if lowered in ("true", "false"):
+            value: Any = lowered == "true"
+        elif lowered in ("none", "null"):
+            value = None
+        else:
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
+        out[key] = value
+    return out
+
+
+def _parse_counts(text: str | None) -> dict[str, int] | None:
+    if not text:
+        return None
+    counts = {}
+    for part in text.split(","):
+        split, _, n = part.partition("=")
+        if not n.strip().isdigit():
+            raise ValueError(f"--generate-counts {text!r}: expected split=N pairs such as train=600,val=100")
+        counts[split.strip()] = int(n)
+    return counts
+
+
+def ensure_refshapes(
+    root: str | Path, dataset: str = "refshapes", *, size: int = 256, counts: dict[str, int] | None = None,
+    seed: int = 0, verbose: bool = True,
+) -> bool:  # fmt: skip
+    """Generate RefShapes (or gRefShapes) under ``root`` unless its files are already there.
+
+    Returns True when files were generated.
+    """
+    from ..data import generate_refshapes
+
+    root = Path(root)
+    folder = "grefshapes" if dataset == "grefshapes" else "refshapes"
+    refs_file = "grefs(synth).json" if dataset == "grefshapes" else "refs(synth).p"
+    if (root / folder / "instances.json").is_file() and (root / folder / refs_file).is_file():
+        return False
+    size = size if size % 32 == 0 and 64 <= size <= 1024 else 256
+    if verbose:
+        what = ", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "the default split sizes"
+        print(f"{root} holds no {dataset} files: generating them ({what}, {size} px, seed {seed}) ...", flush=True)
+    generate_refshapes(root, seed=seed, size=size, counts=counts, generalized=dataset == "grefshapes",
+                       progress=verbose)  # fmt: skip
+    return True
+
+
+def build_datasets(
+    root: str | Path, dataset: str, *, image_size: int, hflip: bool, seed: int, split_by: str | None = None,
+    train_split: str = "train", val_split: str | None = "val",
+):  # fmt: skip
+    """``(train, val)`` :class:`~rislib.data.RISDataset` s (``val`` is None when the split is absent)."""
+    from ..data import RISDataset, open_source
+
+    source = open_source(root, dataset, split_by)
+    train = RISDataset(source, train_split, mode="train", image_size=image_size, hflip=hflip, seed=seed)
+    val = None
+    if val_split and val_split in source.splits():
+        val = RISDataset(source, val_split, mode="eval", image_size=image_size)
+    return train, val
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    p = parser
+    p.add_argument("--model", required=True, help="method name (rislib.models.available())")
+    p.add_argument("--preset", default="tiny", help="tiny | small | paper (default tiny)")
+    p.add_argument("--dataset", default="refshapes", help="refshapes, grefshapes, refcoco, refcoco+, refcocog, ...")
+    p.add_argument("--data", default="data/refshapes", help="data root (REFER layout); default data/refshapes")
+    p.add_argument("--split-by", default=None, help="REFER splitBy (default: the data set's usual one)")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val", help="validation split ('' for none)")
+    p.add_argument("--recipe", default="refshapes", help="paper | refshapes | cpu (default refshapes)")
+    p.add_argument("--out", required=True, help="run folder (logs, checkpoints, curves, summary.json)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this many minutes")
+    p.add_argument("--set", dest="model_set", action="append", metavar="KEY=VALUE", help="model config override")
+    p.add_argument("--train", dest="train_set", action="append", metavar="KEY=VALUE", help="TrainConfig override")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (replaces the recipe's length)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (replaces the recipe's length)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size (all GPUs together)")
+    p.add_argument("--lr", type=float, default=None, help="base learning rate")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers per process (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generate-counts", default=None, metavar="SPLIT=N,...",
+                   help="RefShapes split sizes when generating (default: the spec's)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..models import build_model
+    from .distributed import barrier, cleanup_distributed, setup_distributed
+    from .recipes import get_recipe
+    from .trainer import NonFiniteLossError, Trainer
+
+    ctx = setup_distributed(args.device)
+    try:
+        recipe = get_recipe(args.model, args.recipe)
+        model_overrides = {**recipe.model_overrides(), **parse_assignments(args.model_set, "--set")}
+        train_overrides = parse_assignments(args.train_set, "--train")
+        if args.dataset in ("refshapes", "grefshapes"):
+            if ctx.is_main:
+                ensure_refshapes(args.data, args.dataset, size=recipe.image_size,
+                                 counts=_parse_counts(args.generate_counts), seed=0)  # fmt: skip
+            barrier()
+        torch.manual_seed(args.seed)
+        model = build_model(args.model, args.preset, **model_overrides)
+        train, val = build_datasets(
+            args.data, args.dataset, image_size=model.config.image_size, hflip=recipe.hflip, seed=args.seed,
+            split_by=args.split_by, train_split=args.train_split, val_split=args.val_split or None,
+        )  # fmt: skip
+        explicit = {
+            "steps": args.steps,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+        }
+        cfg = recipe.train_config(
+            out_dir=args.out,
+            resume=args.resume,
+            max_minutes=args.max_minutes,
+            precision=args.precision,
+            compile=args.compile,
+            device=args.device,
+            workers=args.workers,
+            seed=args.seed,
+            progress=not args.no_progress,
+            run_info={
+                "dataset": args.dataset,
+                "data": str(args.data),
+                "preset": args.preset,
+                "command": " ".join(["python -m rislib train", *sys.argv[2:]]),
+            },  # fmt: skip
+            **{k: v for k, v in explicit.items() if v is not None},
+            **train_overrides,
+        )
+        if ctx.is_main:
+            print(f"{args.model}/{args.preset}: {model.num_parameters() / 1e6:.2f} M parameters; recipe "
+                  f"{recipe.name} ({recipe.source}); {len(train)} training items; {ctx.world_size} process(es) "
+                  f"on {ctx.device}", flush=True)  # fmt: skip
+        trainer = Trainer(model, cfg, train_dataset=train, val_dataset=val, dist=ctx)
+        try:
+            result = trainer.fit()
+        except NonFiniteLossError as e:
+            if ctx.is_main:
+                print(f"error: {e}", file=sys.stderr)
+            return 2
+        if ctx.is_main:
+            s = result.summary
+            print(json.dumps({k: s[k] for k in ("status", "steps", "train_minutes", "samples_per_s", "metrics")},
+                             indent=2, default=str))  # fmt: skip
+            print(f"run folder: {result.out_dir} (summary.json, log.csv, curves.png, final.pt, best.pt)")
+        return 0
+    finally:
+        cleanup_distributed(ctx)
