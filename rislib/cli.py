@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             importlib.import_module(module).configure(p)
         except ModuleNotFoundError as e:
-            if e.name != module:
+            # a command whose module (or package) is absent is reported when it is used;
+            # any other missing import is a real error
+            if e.name is None or not module.startswith(e.name):
                 raise
             p.set_defaults(_missing=True)
     return parser
