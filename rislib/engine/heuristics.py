@@ -165,14 +165,20 @@ def salience_scores(masks: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     """
     img = pixels.astype(np.float64)
     any_object = masks.any(0)
+    h, w = any_object.shape
     scores = np.zeros(len(masks))
     for j, m in enumerate(masks):
-        area = int(m.sum())
-        if area == 0:
+        ys, xs = np.nonzero(m)
+        if len(ys) == 0:
             continue
-        r = max(2, int(round(math.sqrt(area) / 2)))
-        t = torch.from_numpy(m)[None, None].float()  # [h, w] -> [1, 1, h, w]
-        grown = F.max_pool2d(t, kernel_size=2 * r + 1, stride=1, padding=r)[0, 0].numpy() > 0
+        r = max(2, int(round(math.sqrt(len(ys)) / 2)))
+        # dilate by a (2r+1) square inside the object's box grown by r: two 1-D max-pools
+        y0, y1, x0, x1 = max(ys.min() - r, 0), min(ys.max() + r + 1, h), max(xs.min() - r, 0), min(xs.max() + r + 1, w)
+        t = torch.from_numpy(m[y0:y1, x0:x1])[None, None].float()  # [h', w'] -> [1, 1, h', w']
+        t = F.max_pool2d(t, kernel_size=(2 * r + 1, 1), stride=1, padding=(r, 0))
+        t = F.max_pool2d(t, kernel_size=(1, 2 * r + 1), stride=1, padding=(0, r))
+        grown = np.zeros_like(m)
+        grown[y0:y1, x0:x1] = t[0, 0].numpy() > 0
         ring = grown & ~any_object
         if not ring.any():
             ring = ~any_object if (~any_object).any() else ~m
@@ -188,9 +194,18 @@ class MostSalient(InstanceHeuristic):
     name = "most_salient"
     needs_pixels = True
 
+    def __init__(self, *, source: Any, cache_images: int = 64) -> None:
+        super().__init__(source=source, cache_images=cache_images)
+        self._choice: dict[Any, int] = {}
+
     def choose(self, objects: ImageInstances, meta: dict[str, Any], sentence: str) -> int:
-        assert objects.pixels is not None
-        return int(salience_scores(objects.masks, objects.pixels).argmax())
+        image_id = meta["image_id"]
+        if image_id not in self._choice:  # one answer per image, whatever the sentence
+            assert objects.pixels is not None
+            if len(self._choice) >= self.cache_images:
+                self._choice.pop(next(iter(self._choice)))
+            self._choice[image_id] = int(salience_scores(objects.masks, objects.pixels).argmax())
+        return self._choice[image_id]
 
 
 class RandomObject(InstanceHeuristic):
@@ -311,9 +326,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m rislib.engine.heuristics " + " ".join(argv if argv is not None else sys.argv[1:]),
         "data": {
             "dataset": "refshapes",
-            "seed": args.seed,
-            "size": args.size,
-            "images_per_split": args.images if generation else None,
+            "seed": args.seed if generation is not None else None,
+            "size": args.size if generation is not None else None,
+            "generated_here": generation is not None,
+            "images": {split: len(source.image_ids(split)) for split in args.splits},
             "sentences": {r.info["split"]: r.info["n_samples"] for r in results},
         },
         "protocol": args.protocol,
