@@ -196,7 +196,10 @@ def split_sam_checkpoint(source: str | os.PathLike | Mapping[str, Tensor]) -> di
     Raises:
         KeyError: when no key has any of the three prefixes (not a SAM checkpoint).
     """
-    sd, name = _read(source)
+    return _split(*_read(source))
+
+
+def _split(sd: dict[str, Tensor], name: str) -> dict[str, dict[str, Tensor]]:
     parts: dict[str, dict[str, Tensor]] = {p: {} for p in _PARTS}
     for k, v in sd.items():
         prefix, _, rest = k.partition(".")
@@ -219,7 +222,7 @@ def extract_image_encoder_state_dict(source: str | os.PathLike | Mapping[str, Te
     sd, name = _read(source)
     if "patch_embed.proj.weight" in sd:
         return sd
-    part = split_sam_checkpoint(sd)["image_encoder"]
+    part = _split(sd, name)["image_encoder"]
     if not part:
         raise KeyError(f"{name}: no 'image_encoder.*' keys (expected an official SAM checkpoint)")
     return part
@@ -233,7 +236,7 @@ def extract_mask_decoder_state_dict(source: str | os.PathLike | Mapping[str, Ten
     encoding and the no-mask embedding).
     """
     sd, name = _read(source)
-    part = split_sam_checkpoint(sd)["mask_decoder"]
+    part = _split(sd, name)["mask_decoder"]
     if not part:
         raise KeyError(f"{name}: no 'mask_decoder.*' keys (expected an official SAM checkpoint)")
     return part
@@ -385,6 +388,10 @@ class SamImageEncoder(VisionEncoder):
         if wrapped:
             sd = {(k.replace(".mlp.", ".mlp.wrapped.", 1) if k not in own else k): v for k, v in sd.items()}
         return load_weights(self, sd, source=name, allow_missing=["*.adapter.*"] if wrapped else [])
+
+    def load_checkpoint(self, checkpoint: str | os.PathLike | Mapping[str, Tensor]) -> LoadReport:
+        """Same as :meth:`load_sam_checkpoint` (the name other rislib encoders use)."""
+        return self.load_sam_checkpoint(checkpoint)
 
 
 def build_sam_encoder(size: str, **kwargs) -> SamImageEncoder:
