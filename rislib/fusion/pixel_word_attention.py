@@ -6,7 +6,8 @@ MLP, in ``depth`` pre-norm transformer layers (Vaswani et al. 2017; the decoder-
 with pixels as queries and words as memory, as in DETR's decoder). Positions enter once, as
 a learned 2-D embedding added to the pixel tokens (ViT-style). The pixel tokens are the
 1x1-projected map at the fusion stride plus the upsampled projections of any coarser maps
-given (an FPN-style merge), so the deepest encoder stage is used too.
+given (an FPN-style merge), so the deepest encoder stage is used too; the projected
+sentence vector is added to every pixel token, so pooled text features are used as well.
 
 This is the baseline every method in the course is compared with: no method-specific
 ideas, just "pixels attend to words". It is this project's baseline, not a published model.
@@ -114,6 +115,7 @@ class PixelWordTransformer(nn.Module):
         super().__init__()
         self.visual_proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in visual_dims)
         self.text_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.LayerNorm(dim))
+        self.sentence_proj = nn.Linear(text_dim, dim)
         self.pos = LearnedPositionEmbedding2d(dim=dim, grid_size=grid_size)
         self.layers = nn.ModuleList(
             PixelWordAttentionLayer(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, dropout=dropout)
@@ -130,14 +132,19 @@ class PixelWordTransformer(nn.Module):
             x = x + F.interpolate(proj(v), size=x.shape[-2:], mode="bilinear", align_corners=False)
         return x
 
-    def forward(self, visual: Sequence[Tensor], words: Tensor, word_mask: Tensor) -> Tensor:
-        """``visual``: ``[B, C_0, H, W]`` then coarser maps; ``words [B, L, C_t]``; ``word_mask [B, L]``.
+    def forward(self, visual: Sequence[Tensor], words: Tensor, word_mask: Tensor, sentence: Tensor) -> Tensor:
+        """Fuse pixels with words.
+
+        Args:
+            visual: ``[B, C_0, H, W]`` at the fusion stride, then the coarser maps.
+            words: ``[B, L, C_t]`` word features; ``word_mask`` ``[B, L]`` True on real tokens.
+            sentence: ``[B, C_t]`` sentence feature, added (projected) to every pixel token.
 
         Returns the fused map ``[B, dim, H, W]``.
         """
         h, w = visual[0].shape[-2:]
         x = flatten_hw(self.pixel_tokens(visual))  # [B, dim, H, W] -> [B, HW, dim]
-        x = x + self.pos(h, w).to(x.dtype)
+        x = x + self.pos(h, w).to(x.dtype) + self.sentence_proj(sentence).to(x.dtype)[:, None]
         t = self.text_proj(words)  # [B, L, C_t] -> [B, L, dim]
         for layer in self.layers:
             x = layer(x, t, word_mask)

@@ -148,7 +148,9 @@ class _BaselineBase(RISModel):
 
 _TINY_VISION: dict[str, Any] = {"widths": (32, 64, 96, 128)}
 _TINY_TEXT: dict[str, Any] = {"dim": 64, "depth": 2, "num_heads": 4}
-# The paper-size backbones of the LTS comparison (DarkNet-53 + bi-GRU, papers.md 3.3-3.4).
+# The paper-size backbones of the LTS comparison (DarkNet-53 + bi-GRU, papers.md 3.3-3.4), with
+# DarkNet's stride-4 stage tapped too for the decoder's finest skip.
+_PAPER_VISION: dict[str, Any] = {"out_strides": (4, 8, 16, 32)}
 _PAPER_TEXT: dict[str, Any] = {"dim": 1024, "embed_dim": 300}
 
 
@@ -164,8 +166,9 @@ def _concat_presets() -> dict[str, ConcatConfig]:
             decoder_strides=(4, 8, 16), fusion_dim=256, decoder_dim=128,
         ),
         "paper": ConcatConfig(
-            image_size=416, max_tokens=17, vision="darknet53", text="tiny_bigru", text_kwargs=dict(_PAPER_TEXT),
-            fusion_stride=32, decoder_strides=(4, 8, 16), fusion_dim=1024, decoder_dim=256,
+            image_size=416, max_tokens=17, vision="darknet53", vision_kwargs=dict(_PAPER_VISION), text="tiny_bigru",
+            text_kwargs=dict(_PAPER_TEXT), fusion_stride=32, decoder_strides=(4, 8, 16), fusion_dim=1024,
+            decoder_dim=256,
         ),
     }  # fmt: skip
 
@@ -182,8 +185,9 @@ def _xattn_presets() -> dict[str, XAttnConfig]:
             dim=256, depth=3, num_heads=8, decoder_dim=128,
         ),
         "paper": XAttnConfig(
-            image_size=416, max_tokens=17, vision="darknet53", text="tiny_bigru", text_kwargs=dict(_PAPER_TEXT),
-            fusion_stride=16, decoder_strides=(4, 8), dim=256, depth=6, num_heads=8, decoder_dim=256,
+            image_size=416, max_tokens=17, vision="darknet53", vision_kwargs=dict(_PAPER_VISION), text="tiny_bigru",
+            text_kwargs=dict(_PAPER_TEXT), fusion_stride=16, decoder_strides=(4, 8), dim=256, depth=6,
+            num_heads=8, decoder_dim=256,
         ),
     }  # fmt: skip
 
@@ -268,6 +272,6 @@ class CrossAttentionBaseline(_BaselineBase):
         feats = self.vision_encoder(batch.images)  # list of [B, C_i, H/s_i, W/s_i]
         words = self.text_encoder(text.ids, text.mask)  # words [B, L, C_t], mask [B, L]
         visual = [feats[i] for i in self.token_indices]  # stride 16, then coarser
-        fused = self.fusion(visual, words.words, words.mask)  # [B, dim, H/16, W/16]
+        fused = self.fusion(visual, words.words, words.mask, words.sentence)  # [B, dim, H/16, W/16]
         logits = self.decoder([feats[i] for i in self.skip_indices] + [fused])  # [B, 1, H/4, W/4]
         return ModelOutput(logits=logits)
