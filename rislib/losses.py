@@ -66,3 +66,114 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25, gamm
     if alpha >= 0:
         loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
     return loss.mean()
+
+
+# ---- MagNet: Mask Grounding and the Cross-modal Alignment Loss ---------------------------------
+# Chng et al., CVPR 2024. The paper's formulas were not retrievable (papers.md 4.3-4.4); the forms
+# below are this project's interpretation, following papers.md 7.3 [proposal].
+
+__all__ += ["masked_token_loss", "pixel_text_alignment_loss", "pixel_contrastive_loss"]
+
+
+def _target_at(target: Tensor, size: tuple[int, int]) -> Tensor:
+    """``[B, 1, H, W]`` {0, 1} target -> bool ``[B, h, w]``: area fraction of foreground >= 0.5."""
+    t = target.float()
+    if t.shape[-2:] != tuple(size):
+        t = F.interpolate(t, size=size, mode="area")
+    return t[:, 0] >= 0.5
+
+
+def masked_token_loss(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mask Grounding loss ``L_MG``: cross-entropy over the vocabulary on masked positions only.
+
+    Args:
+        logits: ``[B, N, V]`` predicted token logits at every position.
+        targets: ``[B, N]`` original token ids at the masked positions and ``ignore_index``
+            everywhere else (unmasked words, special tokens, padding).
+
+    Returns:
+        the mean over masked positions of the batch; 0 (still connected to ``logits``) when
+        nothing is masked.
+    """
+    chosen = targets != ignore_index
+    if not bool(chosen.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[chosen].float(), targets[chosen])
+
+
+def pixel_text_alignment_loss(
+    pixel_embeds: Tensor, text_embeds: Tensor, target: Tensor, temperature: float = 0.07
+) -> Tensor:
+    """Pixel-to-text term of MagNet's Cross-modal Alignment Loss (this project's interpretation).
+
+    CRIS-style text-to-pixel alignment with a temperature: each pixel embedding is compared
+    with its sentence embedding by cosine similarity, ``s_p = cos(f_p, t) / temperature``,
+    and ``BCE(s_p, y_p)`` is averaged over pixels and the batch, where ``y_p`` is 1 on the
+    referent (the target reduced to the embedding grid by area >= 0.5). Pulled together:
+    (referent pixel, its sentence). Pushed apart: (other pixel, its sentence).
+
+    Args:
+        pixel_embeds: ``[B, C, h, w]`` (MagNet: the 256-d mask features at stride 4).
+        text_embeds: ``[B, C]`` (MagNet: ``lang_proj`` of the sentence feature).
+        target: ``[B, 1, H, W]`` in ``{0, 1}``.
+        temperature: divides the cosine similarity (0.07).
+    """
+    f = F.normalize(pixel_embeds.float(), dim=1)
+    t = F.normalize(text_embeds.float(), dim=-1)
+    logits = torch.einsum("bchw,bc->bhw", f, t) / temperature  # [B, h, w]
+    y = _target_at(target, tuple(pixel_embeds.shape[-2:])).float()
+    return F.binary_cross_entropy_with_logits(logits, y)
+
+
+def pixel_contrastive_loss(
+    pixel_embeds: Tensor,
+    target: Tensor,
+    temperature: float = 0.07,
+    max_samples: int = 512,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Pixel-to-pixel term of MagNet's Cross-modal Alignment Loss (this project's interpretation).
+
+    Supervised contrastive loss (Khosla et al., NeurIPS 2020) inside each image. Up to
+    ``max_samples`` referent pixels and ``max_samples`` other pixels are drawn at random
+    (all of them when fewer); embeddings are L2-normalised. Every sampled referent pixel
+    ``i`` is an anchor::
+
+        L_i = -1/|P(i)| sum_{p in P(i)} log( exp(z_i.z_p / T) / sum_{a != i} exp(z_i.z_a / T) )
+
+    with ``P(i)`` the other sampled referent pixels and ``a`` every other sampled pixel of the
+    same image. Pulled together: pairs of referent pixels of one image. Pushed apart: (referent
+    pixel, non-referent pixel) pairs of one image. Pairs of non-referent pixels and pairs
+    across images are not constrained (the background is not one class). The loss is the mean
+    over anchors of an image, then over the images with at least two referent pixels; 0
+    (connected to the graph) when there is none.
+
+    Args:
+        pixel_embeds: ``[B, C, h, w]``.
+        target: ``[B, 1, H, W]`` in ``{0, 1}`` (reduced to ``h x w`` by area >= 0.5).
+        temperature: ``T`` (0.07).
+        max_samples: per image and per class.
+        generator: random generator for the sampling (the global one by default).
+    """
+    y = _target_at(target, tuple(pixel_embeds.shape[-2:])).flatten(1)  # [B, hw]
+    z_all = F.normalize(pixel_embeds.float().flatten(2), dim=1)  # [B, C, hw]
+    losses = []
+    for b in range(pixel_embeds.shape[0]):
+        fg = torch.nonzero(y[b]).squeeze(1)
+        bg = torch.nonzero(~y[b]).squeeze(1)
+        if fg.numel() < 2:
+            continue
+        if fg.numel() > max_samples:
+            fg = fg[torch.randperm(fg.numel(), generator=generator, device="cpu")[:max_samples].to(fg.device)]
+        if bg.numel() > max_samples:
+            bg = bg[torch.randperm(bg.numel(), generator=generator, device="cpu")[:max_samples].to(bg.device)]
+        z = z_all[b][:, torch.cat([fg, bg])].T  # [n, C], referent pixels first
+        sim = z @ z.T / temperature  # [n, n]
+        eye = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+        log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
+        n_fg = fg.numel()
+        pos = ~eye[:n_fg, :n_fg]  # anchors x referent pixels, self excluded
+        losses.append(-(log_prob[:n_fg, :n_fg] * pos).sum(1).div(n_fg - 1).mean())
+    if not losses:
+        return pixel_embeds.sum() * 0.0
+    return torch.stack(losses).mean()

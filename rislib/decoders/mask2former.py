@@ -121,6 +121,11 @@ class MultiScalePixelDecoder(nn.Module):
         ffn_dim: hidden width of the encoder FFN.
         num_groups: GroupNorm groups of the input projections.
         dropout: dropout in the encoder (0 in MagNet).
+        fpn_levels: how many of the finest levels skip the transformer and are merged
+            FPN-style instead (Mask2Former's standard decoder: lateral 1x1 conv + GroupNorm,
+            plus the upsampled next-coarser output, then 3x3 conv + GroupNorm + ReLU). 0 (all
+            levels in the transformer) is MagNet's configuration; 1 keeps the stride-4 level
+            out of the quadratic attention (16x fewer attention pairs at 480 px).
 
     Shapes:
         ``forward(features)`` with ``features[l] [B, in_channels[l], H/s_l, W/s_l]`` returns
@@ -139,6 +144,7 @@ class MultiScalePixelDecoder(nn.Module):
         ffn_dim: int = 1024,
         num_groups: int = 32,
         dropout: float = 0.0,
+        fpn_levels: int = 0,
     ) -> None:
         super().__init__()
         in_channels = tuple(int(c) for c in in_channels)
@@ -146,16 +152,29 @@ class MultiScalePixelDecoder(nn.Module):
             raise ValueError(f"MultiScalePixelDecoder: in_channels needs at least 2 levels, got {in_channels}")
         if dim % num_groups:
             raise ValueError(f"MultiScalePixelDecoder: dim {dim} is not divisible by num_groups {num_groups}")
+        if not 0 <= fpn_levels < len(in_channels):
+            raise ValueError(
+                f"MultiScalePixelDecoder: fpn_levels must be in [0, {len(in_channels) - 1}], got {fpn_levels}"
+            )
         self.in_channels = in_channels
         self.dim = dim
         self.num_levels = len(in_channels)
-        # input projections, one per level (fine -> coarse, as the inputs)
+        self.fpn_levels = fpn_levels
+        # input projections of the transformer levels (fine -> coarse, as the inputs)
         self.input_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, dim, 1), nn.GroupNorm(num_groups, dim)) for c in in_channels
+            nn.Sequential(nn.Conv2d(c, dim, 1), nn.GroupNorm(num_groups, dim)) for c in in_channels[fpn_levels:]
         )
-        self.level_embed = nn.Parameter(torch.empty(self.num_levels, dim))
+        self.level_embed = nn.Parameter(torch.empty(self.num_levels - fpn_levels, dim))
         self.layers = nn.ModuleList(
             _EncoderLayer(dim=dim, num_heads=num_heads, ffn_dim=ffn_dim, dropout=dropout) for _ in range(num_layers)
+        )
+        self.lateral = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, dim, 1, bias=False), nn.GroupNorm(num_groups, dim))
+            for c in in_channels[:fpn_levels]
+        )
+        self.output = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.GroupNorm(num_groups, dim), nn.ReLU())
+            for _ in range(fpn_levels)
         )
         self.mask_features = nn.Conv2d(dim, dim, 1)
         _xavier_(self)
@@ -168,22 +187,27 @@ class MultiScalePixelDecoder(nn.Module):
                 f"MultiScalePixelDecoder.forward: expected {self.num_levels} feature maps "
                 f"(channels {self.in_channels}), got {len(features)}"
             )
-        tokens, positions, sizes = [], [], []
-        for lvl, (x, proj) in enumerate(zip(features, self.input_proj)):
+        for lvl, x in enumerate(features):
             if x.ndim != 4 or x.shape[1] != self.in_channels[lvl]:
                 raise ValueError(
                     f"MultiScalePixelDecoder.forward: features[{lvl}] must be [B, {self.in_channels[lvl]}, h, w], "
                     f"got {tuple(x.shape)}"
                 )
+        tokens, positions, sizes = [], [], []
+        for i, (x, proj) in enumerate(zip(features[self.fpn_levels :], self.input_proj)):
             y = proj(x)  # [B, C_l, h, w] -> [B, dim, h, w]
             sizes.append(y.shape[-2:])
             tokens.append(flatten_hw(y))  # [B, h*w, dim]
-            positions.append(_positions(y) + self.level_embed[lvl].to(y.dtype))
-        x = torch.cat(tokens, 1)  # [B, N, dim], N = sum of h*w over levels
+            positions.append(_positions(y) + self.level_embed[i].to(y.dtype))
+        x = torch.cat(tokens, 1)  # [B, N, dim], N = sum of h*w over the transformer levels
         pos = torch.cat(positions, 1)  # [1, N, dim]
         for layer in self.layers:
             x = layer(x, pos)
         maps = [unflatten_hw(t, h, w) for t, (h, w) in zip(x.split([h * w for h, w in sizes], 1), sizes)]
+        for lvl in reversed(range(self.fpn_levels)):  # FPN merge of the finest levels, coarse to fine
+            lateral = self.lateral[lvl](features[lvl])  # [B, dim, h, w]
+            up = F.interpolate(maps[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            maps.insert(0, self.output[lvl](lateral + up))
         mask_features = self.mask_features(maps[0])  # [B, dim, H/4, W/4]
         return mask_features, maps[1:][::-1]
 

@@ -1,0 +1,288 @@
+"""LAVT's pixel-word attention (PWAM), its language gate, and MagNet's language-side fusion.
+
+LAVT (Yang et al., CVPR 2022) fuses language *inside* a Swin transformer: after every stage,
+each pixel gathers a language context from the words (pixel-word attention), multiplies it
+with its own features and feeds the result back through a tanh "language gate". MagNet
+(Chng et al., CVPR 2024) keeps this and adds the opposite direction, words gathering a visual
+context from the pixels, which updates the BERT stream between its chunks. The equations
+below are those of the official MagNet code (``lib/backbone.py::PWAM``,
+``SpatialImageLanguageAttention``, ``bert/multimodal_bert.py``), transcribed in
+``shared/reference/papers.md`` section 4.2 [code]. A 1x1 ``Conv1d`` on tokens is written
+here as the equivalent ``nn.Linear``.
+
+Image side, ``X [B, HW, C]`` visual tokens, ``L [B, N, D]`` words, ``m [B, N]`` word mask::
+
+    Q = LN(X Wq)      K = L Wk      V = L Wv                      (one head by default)
+    A = softmax_words(Q K^T / sqrt(C_key) + padding mask)          # [B, HW, N]
+    G = LN((A V) Wo)                                               # language context per pixel
+    F = GELU(Wmm (GELU(Wvis X) * G))                               # PixelWordAttentionModule
+    X_next = X + tanh(W2 GELU(W1 F)) * F                           # LanguageGate
+
+Language side (words query pixels)::
+
+    Qw = (L Wq) * m       Kv = IN(X Wk)       Vv = IN(X Wv)        # IN over the pixel axis
+    Aw = softmax_pixels(Qw Kv^T / sqrt(D))                         # [B, N, HW]
+    Gw = IN_words((Aw Vv) Wo)                                      # visual context per word
+    Rw = GELU(Wmm (GELU(Wvis L) * Gw))                             # LanguagePWAM
+    L_next = L + tanh(W2 ReLU(W1 Rw)) * Rw                         # LanguageGate(act="relu")
+
+Where this implementation differs from the released code, and why (this project's
+interpretation, each documented where it happens):
+
+* **Language-side mask quirk.** The released test code passes BERT's *additive* extended
+  mask (0 on words, -10000 on padding) where a 0/1 mask is expected, and multiplies the word
+  queries by it: every real word's query becomes 0, so its attention over pixels is uniform
+  (the word receives the mean visual value), and padded queries are scaled by -1e4. The
+  evident intent, a boolean padding mask, is the default; ``mask_quirk=True`` reproduces the
+  released computation (for loading released weights).
+* **Instance norm over words.** The released ``IN`` on ``Gw`` normalises over all 20 padded
+  positions (sentences are always padded to 20 tokens there). Here padding is per batch, so
+  the statistics are taken over the real words only; otherwise a sentence's features would
+  depend on the other sentences of its batch.
+* **Gate initialisation.** The code zero-initialises both gate matrices ("initialize the gate
+  to 0"), but with ``W1 = W2 = 0`` no gradient reaches either matrix (a fixed point), and the
+  official LAVT/MagNet construction overwrites the image-side zeros with a truncated normal
+  (``init_weights`` runs after the constructor). Here ``W1`` is truncated-normal (std 0.02)
+  and ``W2`` zero: the gate is exactly closed at initialisation, as intended, and can open.
+
+Attention maps are recorded as ``<name>.attn`` while an :class:`~rislib.layers.AttentionRecorder`
+is active: ``[B, heads, HW, N]`` (pixel -> word) for the image side, ``[B, heads, N, HW]``
+(word -> pixel) for the language side.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import attention_bias_from_mask, is_recording, record
+
+__all__ = [
+    "masked_instance_norm",
+    "PixelWordAttention",
+    "PixelWordAttentionModule",
+    "LanguageGate",
+    "WordPixelAttention",
+    "LanguagePWAM",
+]
+
+
+def masked_instance_norm(x: Tensor, mask: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """``InstanceNorm1d`` (no affine) over the sequence axis of ``x [B, L, C]``.
+
+    Each channel of each sample is normalised by its mean and (biased) variance over the
+    positions where ``mask [B, L]`` is True (all positions when ``mask`` is None). Masked
+    positions are normalised with the same statistics; their values are meaningless.
+    """
+    if mask is None:
+        mean = x.mean(1, keepdim=True)
+        var = x.var(1, keepdim=True, unbiased=False)
+    else:
+        m = mask.to(x.dtype).unsqueeze(-1)  # [B, L, 1]
+        n = m.sum(1, keepdim=True).clamp_min(1.0)
+        mean = (x * m).sum(1, keepdim=True) / n
+        var = ((x - mean).square() * m).sum(1, keepdim=True) / n
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float, module: nn.Module) -> Tensor:
+    """``softmax(q k^T * scale + bias) v`` on ``[B, h, L, d]`` tensors; recorded when a recorder is on."""
+    if is_recording():
+        scores = (q @ k.transpose(-2, -1)) * scale
+        if bias is not None:
+            scores = scores + bias
+        weights = scores.softmax(-1)
+        record(module, "attn", weights)
+        return weights @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+def _heads(x: Tensor, h: int) -> Tensor:
+    b, n, c = x.shape
+    return x.view(b, n, h, c // h).transpose(1, 2)  # [B, L, C] -> [B, h, L, C/h]
+
+
+def _merge(x: Tensor) -> Tensor:
+    return x.transpose(1, 2).flatten(2)  # [B, h, L, d] -> [B, L, h*d]
+
+
+class PixelWordAttention(nn.Module):
+    """Pixels attend to words: ``G = LN((softmax(LN(X Wq) (L Wk)^T / sqrt(C_key)) L Wv) Wo)``.
+
+    LAVT/MagNet ``SpatialImageLanguageAttention`` (papers.md 4.2). The scale is
+    ``1 / sqrt(key_dim)`` of the *total* key width even with several heads, as in the code.
+
+    Args:
+        visual_dim: channels ``C`` of the visual tokens.
+        text_dim: channels ``D`` of the words.
+        key_dim: width of queries and keys (``C`` by default).
+        value_dim: width of values and of the output (``C`` by default).
+        num_heads: attention heads (1 in MagNet).
+
+    Shapes: ``x [B, HW, C]``, ``words [B, N, D]``, ``word_mask [B, N]`` (True = real word)
+    -> ``[B, HW, value_dim]``.
+    """
+
+    def __init__(
+        self, *, visual_dim: int, text_dim: int, key_dim: int | None = None, value_dim: int | None = None,
+        num_heads: int = 1,
+    ) -> None:
+        super().__init__()
+        key_dim = key_dim or visual_dim
+        value_dim = value_dim or visual_dim
+        if key_dim % num_heads or value_dim % num_heads:
+            raise ValueError(f"PixelWordAttention: key_dim {key_dim} / value_dim {value_dim} not divisible by "
+                             f"num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.scale = key_dim**-0.5
+        self.query = nn.Sequential(nn.Linear(visual_dim, key_dim), nn.LayerNorm(key_dim))
+        self.key = nn.Linear(text_dim, key_dim)
+        self.value = nn.Linear(text_dim, value_dim)
+        self.out = nn.Sequential(nn.Linear(value_dim, value_dim), nn.LayerNorm(value_dim))
+
+    def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        q = _heads(self.query(x), self.num_heads)  # [B, h, HW, Ck/h]
+        k = _heads(self.key(words), self.num_heads)  # [B, h, N, Ck/h]
+        v = _heads(self.value(words), self.num_heads)  # [B, h, N, Cv/h]
+        bias = attention_bias_from_mask(word_mask, q.dtype)  # [B, 1, 1, N]: padded words get no weight
+        out = _attend(q, k, v, bias, self.scale, self)  # [B, h, HW, Cv/h]
+        return self.out(_merge(out))  # [B, HW, Cv]
+
+
+class PixelWordAttentionModule(nn.Module):
+    """LAVT's PWAM: ``F = GELU(Wmm (GELU(Wvis X) * G))`` with ``G`` from :class:`PixelWordAttention`.
+
+    Args:
+        dim: channels ``C`` of the visual tokens (and of ``F``).
+        text_dim: channels ``D`` of the words.
+        num_heads: heads of the pixel-word attention (1 in MagNet).
+        dropout: dropout after the two GELUs (``fusion_drop``, 0 in MagNet).
+
+    Shapes: ``x [B, HW, C]``, ``words [B, N, D]``, ``word_mask [B, N]`` -> ``F [B, HW, C]``.
+    """
+
+    def __init__(self, *, dim: int, text_dim: int, num_heads: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.vis_project = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout))
+        self.attention = PixelWordAttention(visual_dim=dim, text_dim=text_dim, num_heads=num_heads)
+        self.project_mm = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        context = self.attention(x, words, word_mask)  # [B, HW, C]
+        return self.project_mm(self.vis_project(x) * context)
+
+
+class LanguageGate(nn.Module):
+    """The tanh gate ``g(R) = tanh(W2 act(W1 R))`` (bias-free); ``forward`` returns ``g(R) * R``.
+
+    The caller adds it to the stream: ``X_next = X + gate(F)``. ``act`` is GELU on the image
+    side and ReLU on the language side, as in the code. ``W2`` starts at zero so the gate is
+    closed at initialisation (see the module docstring for why ``W1`` is not zero too).
+
+    Args:
+        dim: channels of the residual.
+        act: ``"gelu"`` or ``"relu"``.
+
+    Shapes: ``residual [..., dim]`` -> ``[..., dim]``.
+    """
+
+    def __init__(self, *, dim: int, act: str = "gelu") -> None:
+        super().__init__()
+        acts = {"gelu": nn.GELU, "relu": nn.ReLU}
+        if act not in acts:
+            raise ValueError(f"LanguageGate: act must be one of {sorted(acts)}, got {act!r}")
+        self.fc1 = nn.Linear(dim, dim, bias=False)
+        self.act = acts[act]()
+        self.fc2 = nn.Linear(dim, dim, bias=False)
+        nn.init.trunc_normal_(self.fc1.weight, std=0.02)
+        nn.init.zeros_(self.fc2.weight)
+
+    def gate(self, residual: Tensor) -> Tensor:
+        """``tanh(W2 act(W1 R))``, in ``(-1, 1)``."""
+        return torch.tanh(self.fc2(self.act(self.fc1(residual))))
+
+    def forward(self, residual: Tensor) -> Tensor:
+        return self.gate(residual) * residual
+
+
+class WordPixelAttention(nn.Module):
+    """Words attend to pixels: ``Gw = IN_words((softmax(Qw Kv^T / sqrt(D)) Vv) Wo)``.
+
+    MagNet's language-side ``SpatialImageLanguageAttention`` (papers.md 4.2). Keys and values
+    depend on the pixels only, so :meth:`pixel_keys` can be computed once and shared by
+    several sentences (the clean and the masked one of Mask Grounding).
+
+    Args:
+        text_dim: channels ``D`` of the words (= key and value width).
+        visual_dim: channels ``C`` of the visual tokens.
+        num_heads: attention heads (1 in MagNet).
+        mask_quirk: reproduce the released code's use of BERT's additive mask (see the
+            module docstring); False = the boolean padding mask (default).
+
+    Shapes: ``words [B, N, D]``, ``word_mask [B, N]``, ``x [B, HW, C]`` -> ``[B, N, D]``.
+    """
+
+    def __init__(self, *, text_dim: int, visual_dim: int, num_heads: int = 1, mask_quirk: bool = False) -> None:
+        super().__init__()
+        if text_dim % num_heads:
+            raise ValueError(f"WordPixelAttention: text_dim {text_dim} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.scale = text_dim**-0.5
+        self.mask_quirk = mask_quirk
+        self.query = nn.Linear(text_dim, text_dim)
+        self.key = nn.Linear(visual_dim, text_dim)
+        self.value = nn.Linear(visual_dim, text_dim)
+        self.out = nn.Linear(text_dim, text_dim)
+
+    def pixel_keys(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Instance-normalised keys and values ``[B, HW, D]`` of the visual tokens ``x [B, HW, C]``."""
+        return masked_instance_norm(self.key(x)), masked_instance_norm(self.value(x))
+
+    def forward(
+        self, words: Tensor, word_mask: Tensor, x: Tensor | None = None, keys: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        if keys is None:
+            if x is None:
+                raise ValueError("WordPixelAttention.forward: give the visual tokens x or precomputed keys")
+            keys = self.pixel_keys(x)
+        k, v = keys
+        q = self.query(words)  # [B, N, D]
+        if self.mask_quirk:
+            # the released code multiplies queries by BERT's additive mask: 0 on words, -1e4 on padding
+            q = q * (~word_mask).to(q.dtype).mul(-1e4).unsqueeze(-1)
+        else:
+            q = q * word_mask.to(q.dtype).unsqueeze(-1)  # padded queries -> 0 (uniform, then ignored)
+        q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))  # [B, h, L, D/h]
+        out = _merge(_attend(q, k, v, None, self.scale, self))  # [B, N, D]
+        return masked_instance_norm(self.out(out), word_mask)
+
+
+class LanguagePWAM(nn.Module):
+    """MagNet's language-side PWAM: ``Rw = GELU(Wmm (GELU(Wvis L) * Gw))``.
+
+    Args:
+        text_dim: channels ``D`` of the words (768 for BERT-base).
+        visual_dim: channels ``C`` of the stage's visual tokens.
+        num_heads: heads of the word-pixel attention (1 in MagNet).
+        dropout: dropout after the two GELUs (0 in MagNet).
+        mask_quirk: see :class:`WordPixelAttention`.
+
+    Shapes: ``words [B, N, D]``, ``word_mask [B, N]``, ``x [B, HW, C]`` -> ``Rw [B, N, D]``.
+    """
+
+    def __init__(
+        self, *, text_dim: int, visual_dim: int, num_heads: int = 1, dropout: float = 0.0, mask_quirk: bool = False
+    ) -> None:
+        super().__init__()
+        self.vis_project = nn.Sequential(nn.Linear(text_dim, text_dim), nn.GELU(), nn.Dropout(dropout))
+        self.attention = WordPixelAttention(
+            text_dim=text_dim, visual_dim=visual_dim, num_heads=num_heads, mask_quirk=mask_quirk
+        )
+        self.project_mm = nn.Sequential(nn.Linear(text_dim, text_dim), nn.GELU(), nn.Dropout(dropout))
+
+    def forward(
+        self, words: Tensor, word_mask: Tensor, x: Tensor | None = None, keys: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        context = self.attention(words, word_mask, x, keys)  # [B, N, D]
+        return self.project_mm(self.vis_project(words) * context)

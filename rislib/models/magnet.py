@@ -1,0 +1,444 @@
+"""MagNet: Mask Grounding on a LAVT-style network (Chng et al., CVPR 2024).
+
+Paper: Yong Xien Chng, Henry Zheng, Yizeng Han, Xuchong Qiu, Gao Huang, "Mask Grounding for
+Referring Image Segmentation", CVPR 2024, arXiv 2312.12198. Official (evaluation-only) code:
+github.com/yxchng/mask-grounding. ``shared/reference/papers.md`` section 4 holds what was
+verified and where; [code] below means read in the official code.
+
+Architecture [code] (papers.md 4.2):
+
+* **Interleaved encoders.** A Swin transformer (timm's stages: ``patch_embed``, then
+  ``layers[s]``, whose patch merging sits at the *start* of stages 2-4, so the fused stream of
+  stage ``s`` is what stage ``s+1`` merges, exactly LAVT's order) and BERT cut into four chunks
+  (``bert_cut``; ``[3, 6, 9, 12]`` for BERT-base). For ``s = 1..4``::
+
+      i_s = SwinStage_s(x_{s-1})                   l_s = BERT chunk s(w_{s-1})
+      F_s = PWAM(i_s, l_s)                          # pixel-word attention, rislib.fusion.pwam
+      x_s = i_s + Gate(F_s)                         # the stream continues (merged by stage s+1)
+      out_s = CAM(i_s, F_s, l_s)                    # to the decoder, rislib.fusion.magnet_cam
+      w_s = l_s + Gate(LanguagePWAM(l_s, i_s))      # words read pixels, back into BERT
+
+  Both fusions read the *pre-fusion* ``i_s`` and ``l_s``. ``out_s`` has ``C, 2C, 4C, 8C``
+  channels at strides 4, 8, 16, 32.
+* **Decoder.** Mask2Former's head with one query (:mod:`rislib.decoders.mask2former`): a
+  multi-scale pixel decoder over ``out_1..out_4`` (here a plain transformer encoder instead of
+  multi-scale deformable attention: see that module for the change and its cost) and 9
+  masked-attention layers; 10 predictions for deep supervision. The decoder never sees
+  language directly.
+* **Inference.** The code computes ``P = softmax(class)[..., 1:] * sigmoid(mask)`` and
+  thresholds at 0.5. Its softmax, however, runs over ``dim=1``, the *query* axis, which has
+  size 1, so it is identically 1 and the released rule is ``P = sigmoid(mask)``. Default here
+  (``class_gate=True``): the evident intent, softmax over the two classes, index 1 =
+  "target" (papers.md 7.3); ``class_gate=False`` is the released rule exactly. The model's
+  ``logits`` are ``logit(P)``, computed in log space, so ``RISModel.predict``'s
+  ``sigmoid(logits) > 0.5`` is ``P > 0.5`` (the resize to the image size interpolates
+  ``logit(P)`` instead of the mask logits; the two agree exactly when ``class_gate=False``).
+
+Training (the paper's loss code is not released; papers.md 7.3 [proposal], this project's
+interpretation):
+
+* ``L_seg``: on each of the 10 predictions, 2-class cross-entropy on the query's class logits
+  (target 1 when the expression has a referent) + BCE + Dice on the mask logits (upsampled to
+  the target size), weights 2 / 5 / 5, summed over predictions (Mask2Former's recipe).
+* ``L_MG`` (Mask Grounding, :mod:`rislib.fusion.mask_grounding`): cross-entropy over the
+  vocabulary on masked positions only. ``mg_mode="shared"`` runs *one* forward pass with the
+  masked expression (segmentation is trained on it too, BERT-style corruption as text
+  augmentation); ``"separate"`` runs the segmentation pass on the clean expression and a
+  second full encoder pass on the masked one (twice the encoder cost). In both, the visual
+  features the predictor reads were computed with the *masked* expression, so the masked word
+  cannot leak into them through the fusions.
+* ``L_CAL`` (Cross-modal Alignment Loss, :mod:`rislib.losses`): pixel-to-text BCE between
+  the mask features and ``lang_proj(sentence)`` (temperature 0.07) + pixel-to-pixel
+  supervised contrastive loss; the sentence is the masked mean of the final word features.
+* ``L = L_seg + 0.1 L_MG + 0.1 L_CAL``; ablations ``use_mask_grounding``, ``use_cam``,
+  ``use_alignment_loss``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..decoders.mask2former import MaskedQueryDecoder, MultiScalePixelDecoder
+from ..encoders import build_text_encoder, build_vision_encoder
+from ..fusion.magnet_cam import CrossModalAlignmentModule
+from ..fusion.mask_grounding import MaskGroundingHead, mask_tokens
+from ..fusion.pwam import LanguageGate, LanguagePWAM, PixelWordAttentionModule
+from ..layers import masked_mean, unflatten_hw
+from ..losses import (
+    binary_cross_entropy,
+    dice_loss,
+    masked_token_loss,
+    pixel_contrastive_loss,
+    pixel_text_alignment_loss,
+)
+from ..types import Batch, ModelOutput
+from .base import ModelConfig, RISModel
+from .registry import register_model
+
+__all__ = ["MagNetConfig", "MagNet", "MagNetStageFusion", "default_bert_cut", "probability_logits"]
+
+
+def default_bert_cut(num_layers: int, num_stages: int = 4) -> tuple[int, ...]:
+    """BERT layer count after which each stage fuses: ``ceil(num_layers * s / num_stages)``.
+
+    ``(3, 6, 9, 12)`` for BERT-base as in MagNet's ``pwam_idx`` [code]; ``(2, 3, 5, 6)`` for a
+    6-layer MiniLM (this project's choice: as even as 6 layers allow, with the larger chunks
+    first so words are contextualised before they first meet pixels).
+    """
+    return tuple(math.ceil(num_layers * s / num_stages) for s in range(1, num_stages + 1))
+
+
+def probability_logits(class_logits: Tensor | None, mask_logits: Tensor) -> Tensor:
+    """``logit(P)`` for ``P = softmax(class_logits)[..., 1] * sigmoid(mask_logits)``, in log space.
+
+    Args:
+        class_logits: ``[B, 2]`` (``None``: ``P = sigmoid(mask)``, returned unchanged).
+        mask_logits: ``[B, H, W]``.
+
+    Returns:
+        ``[B, H, W]`` logits whose sigmoid is ``P``; finite even where ``P`` rounds to 0 or 1.
+    """
+    if class_logits is None:
+        return mask_logits
+    log_p = F.log_softmax(class_logits.float(), dim=-1)[:, 1, None, None] + F.logsigmoid(mask_logits.float())
+    log_p = log_p.clamp_max(-1e-7)  # P < 1 strictly, so log(1 - P) is finite
+    # log(1 - e^x), the two-branch form of Maechler (2012)
+    log_1mp = torch.where(log_p > -math.log(2), torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
+    return log_p - log_1mp
+
+
+@dataclass
+class MagNetConfig(ModelConfig):
+    """MagNet's configuration; presets ``tiny``, ``small``, ``paper``.
+
+    Training recipe for ``paper`` (papers.md 4.5): the official ``args.py`` defaults, identical
+    to LAVT's: AdamW, lr 5e-5, weight decay 0.01, batch 8 per GPU (LAVT: 4 GPUs, 32 in all),
+    40 epochs, 480 x 480, plain resize, polynomial decay ``(1 - it/total)^0.9`` per
+    iteration (LAVT), fusion dropout 0, Swin window 12, drop-path 0.3; Swin initialised from
+    ImageNet-22k ``swin_base_patch4_window12_384`` and BERT from ``bert-base-uncased``
+    (``vision_checkpoint`` / ``text_checkpoint``). MagNet's own epochs, GPUs, loss weights and
+    augmentation are not reported in what could be read.
+
+    Attributes (besides :class:`ModelConfig`'s; ``vision``/``text`` name registered encoders:
+    a timm Swin and a BERT-family encoder):
+        bert_cut: number of BERT layers run before the fusion of each stage (``None``:
+            :func:`default_bert_cut`).
+        fusion_heads: heads of every PWAM (1 in MagNet).
+        fusion_dropout: dropout inside the fusions (0 in MagNet).
+        language_mask_quirk: reproduce the released code's additive-mask bug on the language
+            side (see :mod:`rislib.fusion.pwam`); False = boolean padding mask.
+        use_cam: build the Cross-modal Alignment Module (off: the stage output is the PWAM
+            output ``F``, as LAVT).
+        cam_pool_sizes: CAM pooling sizes.
+        decoder_dim, pixel_decoder_layers, pixel_decoder_ffn, decoder_layers, decoder_heads,
+        decoder_ffn, decoder_groups: Mask2Former head sizes (256, 4, 1024, 9, 8, 2048, 32 [code]).
+        class_gate: multiply by the class probability at inference (see module docstring).
+        use_mask_grounding, mg_mode, mg_ratio, mg_layers, mg_heads: Mask Grounding (training).
+        use_alignment_loss, cal_temperature, cal_samples: the Cross-modal Alignment Loss.
+        class_weight, bce_weight, dice_weight, mg_weight, cal_weight: loss weights.
+    """
+
+    image_size: int = 128
+    max_tokens: int = 20
+    vision: str = "swin_tiny_test"
+    vision_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 128})
+    text: str = "bert_tiny"
+    text_kwargs: dict[str, Any] = field(default_factory=lambda: {"dim": 64, "depth": 4, "num_heads": 4})
+    backbone_lr_scale: float = 1.0
+    bert_cut: tuple[int, ...] | None = None
+    fusion_heads: int = 1
+    fusion_dropout: float = 0.0
+    language_mask_quirk: bool = False
+    use_cam: bool = True
+    cam_pool_sizes: tuple[int, ...] = (1, 2, 3, 6)
+    decoder_dim: int = 64
+    pixel_decoder_layers: int = 1
+    pixel_decoder_ffn: int = 128
+    pixel_decoder_fpn_levels: int = 1
+    decoder_layers: int = 3
+    decoder_heads: int = 4
+    decoder_ffn: int = 128
+    decoder_groups: int = 8
+    class_gate: bool = True
+    use_mask_grounding: bool = True
+    mg_mode: str = "shared"
+    mg_ratio: float = 0.15
+    mg_layers: int = 2
+    mg_heads: int = 4
+    use_alignment_loss: bool = True
+    cal_temperature: float = 0.07
+    cal_samples: int = 512
+    class_weight: float = 2.0
+    bce_weight: float = 5.0
+    dice_weight: float = 5.0
+    mg_weight: float = 0.1
+    cal_weight: float = 0.1
+
+
+class MagNetStageFusion(nn.Module):
+    """Everything MagNet does after one Swin stage and one BERT chunk (papers.md 4.2 [code]).
+
+    Args:
+        dim: channels ``C_s`` of the stage.
+        text_dim: width ``D`` of the words.
+        use_cam: build the CAM (off: ``out = F``).
+        pool_sizes: CAM pooling sizes.
+        num_heads, dropout: of the PWAMs.
+        mask_quirk: language-side mask quirk (see :mod:`rislib.fusion.pwam`).
+
+    Shapes: ``x [B, h, w, C]`` (timm's channels-last stage output), ``words [B, N, D]``,
+    ``word_mask [B, N]`` -> ``(out [B, C, h, w], x_next [B, h, w, C], words_next [B, N, D])``.
+    """
+
+    def __init__(
+        self, *, dim: int, text_dim: int, use_cam: bool = True, pool_sizes: tuple[int, ...] = (1, 2, 3, 6),
+        num_heads: int = 1, dropout: float = 0.0, mask_quirk: bool = False,
+    ) -> None:
+        super().__init__()
+        self.pwam = PixelWordAttentionModule(dim=dim, text_dim=text_dim, num_heads=num_heads, dropout=dropout)
+        self.image_gate = LanguageGate(dim=dim, act="gelu")
+        self.cam = (
+            CrossModalAlignmentModule(
+                dim=dim, text_dim=text_dim, pool_sizes=pool_sizes, num_heads=num_heads, dropout=dropout
+            )
+            if use_cam
+            else None
+        )
+        self.language_pwam = LanguagePWAM(
+            text_dim=text_dim, visual_dim=dim, num_heads=num_heads, dropout=dropout, mask_quirk=mask_quirk
+        )
+        self.language_gate = LanguageGate(dim=text_dim, act="relu")
+
+    def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, h, w, c = x.shape
+        tokens = x.reshape(b, h * w, c)  # [B, h, w, C] -> [B, hw, C]
+        fused = self.pwam(tokens, words, word_mask)  # F [B, hw, C], from the pre-fusion tokens
+        x_next = tokens + self.image_gate(fused)
+        if self.cam is not None:
+            out = self.cam(x.permute(0, 3, 1, 2), fused, words, word_mask)  # [B, hw, C]
+        else:
+            out = fused
+        words_next = words + self.language_gate(self.language_pwam(words, word_mask, tokens))
+        return unflatten_hw(out, h, w), x_next.view(b, h, w, c), words_next
+
+
+@dataclass
+class _Encoded:
+    stages: list[Tensor]  # out_1..out_4, [B, C_s, h_s, w_s]
+    words: Tensor  # [B, N, D] after the last language fusion
+
+
+def _paper_presets() -> dict[str, MagNetConfig]:
+    tiny = MagNetConfig()
+    small = MagNetConfig(
+        image_size=256,
+        vision="swin_tiny_test",
+        vision_kwargs={"img_size": 256, "window_size": 8, "embed_dim": 64, "depths": (2, 2, 2, 2),
+                       "num_heads": (2, 4, 8, 16)},
+        text="minilm",
+        text_kwargs={"pretrained": True},
+        decoder_dim=128,
+        pixel_decoder_layers=2,
+        pixel_decoder_ffn=512,
+        decoder_layers=6,
+        decoder_heads=8,
+        decoder_ffn=1024,
+        decoder_groups=32,
+        mg_heads=6,
+        cal_samples=256,
+    )
+    paper = MagNetConfig(
+        image_size=480,
+        vision="swin_b",
+        vision_kwargs={"img_size": 480, "window_size": 12, "drop_path_rate": 0.3},
+        text="bert_base",
+        text_kwargs={},
+        bert_cut=(3, 6, 9, 12),
+        decoder_dim=256,
+        pixel_decoder_layers=4,
+        pixel_decoder_ffn=1024,
+        decoder_layers=9,
+        decoder_heads=8,
+        decoder_ffn=2048,
+        decoder_groups=32,
+        pixel_decoder_fpn_levels=0,
+        mg_heads=12,
+    )
+    return {"tiny": tiny, "small": small, "paper": paper}
+
+
+@register_model(
+    "magnet",
+    config_cls=MagNetConfig,
+    presets=_paper_presets(),
+    summary="MagNet (CVPR 2024): LAVT-style Swin+BERT interleaving with bidirectional PWAM fusion, CAM, "
+    "Mask2Former decoder with one query; Mask Grounding and alignment losses at training time",
+)
+class MagNet(RISModel):
+    """MagNet (see the module docstring). Built by ``build_model("magnet", preset, **overrides)``.
+
+    ``forward(batch)`` returns ``ModelOutput(logits [B, 1, H/4, W/4], aux)`` with aux
+    ``"mask_logits_all" [B, P, H/4, W/4]`` and ``"class_logits_all" [B, P, 2]`` (all ``P =
+    decoder_layers + 1`` predictions), ``"pixel_embeds" [B, dim, H/4, W/4]`` (mask features)
+    and ``"text_embed" [B, dim]`` (``lang_proj`` of the sentence); while training with target
+    masks and Mask Grounding on, also ``"mg_logits" [B, N, V]``, ``"mg_targets" [B, N]``
+    (-100 where nothing is predicted) and ``"mg_input_ids" [B, N]`` (the corrupted ids).
+    """
+
+    config: MagNetConfig
+
+    def __init__(self, config: MagNetConfig) -> None:
+        super().__init__(config)
+        if config.mg_mode not in ("shared", "separate"):
+            raise ValueError(f"MagNetConfig.mg_mode: expected 'shared' or 'separate', got {config.mg_mode!r}")
+        self.vision_encoder = build_vision_encoder(config.vision, **config.vision_kwargs)
+        body = getattr(self.vision_encoder, "body", None)
+        if body is None or not hasattr(body, "patch_embed") or len(getattr(body, "layers", ())) != 4:
+            raise ValueError(
+                f"MagNetConfig.vision: {config.vision!r} is not a timm Swin backbone with 4 stages "
+                "(expected 'swin_b' or 'swin_tiny_test')"
+            )
+        text_kwargs = {"max_length": config.max_tokens, **config.text_kwargs}
+        self.text_encoder = build_text_encoder(config.text, **text_kwargs)
+        bert = getattr(self.text_encoder, "bert", None)
+        if bert is None:
+            raise ValueError(
+                f"MagNetConfig.text: {config.text!r} is not a BERT-family encoder "
+                "(expected 'bert_base', 'minilm' or 'bert_tiny')"
+            )
+        if config.vision_checkpoint:
+            self.vision_encoder.load_checkpoint(config.vision_checkpoint)
+        if config.text_checkpoint:
+            self.text_encoder.load_checkpoint(config.text_checkpoint)
+        n_layers = len(bert.encoder.layer)
+        cut = tuple(config.bert_cut) if config.bert_cut is not None else default_bert_cut(n_layers)
+        if len(cut) != 4 or list(cut) != sorted(cut) or cut[-1] != n_layers or cut[0] < 0:
+            raise ValueError(
+                f"MagNetConfig.bert_cut: expected 4 non-decreasing layer counts ending at {n_layers}, got {cut}"
+            )
+        self.bert_cut = cut
+        text_dim = self.text_encoder.dim
+        channels = self.vision_encoder.channels
+        self.fusions = nn.ModuleList(
+            MagNetStageFusion(
+                dim=c, text_dim=text_dim, use_cam=config.use_cam, pool_sizes=tuple(config.cam_pool_sizes),
+                num_heads=config.fusion_heads, dropout=config.fusion_dropout, mask_quirk=config.language_mask_quirk,
+            )
+            for c in channels
+        )
+        self.pixel_decoder = MultiScalePixelDecoder(
+            in_channels=channels, dim=config.decoder_dim, num_layers=config.pixel_decoder_layers,
+            num_heads=config.decoder_heads, ffn_dim=config.pixel_decoder_ffn, num_groups=config.decoder_groups,
+            fpn_levels=config.pixel_decoder_fpn_levels,
+        )
+        self.decoder = MaskedQueryDecoder(
+            dim=config.decoder_dim, num_queries=1, num_layers=config.decoder_layers, num_heads=config.decoder_heads,
+            ffn_dim=config.decoder_ffn, num_levels=3, num_classes=2,
+        )
+        self.lang_proj = nn.Linear(text_dim, config.decoder_dim)  # as the official WrapperModel
+        self.mask_grounding = (
+            MaskGroundingHead(
+                text_dim=text_dim, visual_dim=channels[-1], vocab_size=bert.embeddings.word_embeddings.num_embeddings,
+                num_layers=config.mg_layers, num_heads=config.mg_heads,
+            )
+            if config.use_mask_grounding
+            else None
+        )
+
+    # ---- encoders -------------------------------------------------------------------------
+    def _bert_layers(self, words: Tensor, attn_mask: Tensor | None, start: int, end: int) -> Tensor:
+        for layer in self.text_encoder.bert.encoder.layer[start:end]:
+            out = layer(words, attention_mask=attn_mask)
+            words = out[0] if isinstance(out, tuple) else out
+        return words
+
+    def encode(self, images: Tensor, ids: Tensor, word_mask: Tensor) -> _Encoded:
+        """Run the interleaved Swin/BERT encoder; returns the four stage outputs and final words."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        body = self.vision_encoder.body
+        bert = self.text_encoder.bert
+        x = body.patch_embed(self.vision_encoder.normalize(images))  # [B, 3, H, W] -> [B, H/4, W/4, C]
+        words = bert.embeddings(input_ids=ids)  # [B, N, D]
+        attn_mask = create_bidirectional_mask(config=bert.config, inputs_embeds=words, attention_mask=word_mask)
+        stages, start = [], 0
+        for stage, fusion, end in zip(body.layers, self.fusions, self.bert_cut):
+            x = stage(x)  # [B, h, w, C_s] (patch merging first from stage 2 on)
+            words = self._bert_layers(words, attn_mask, start, end)
+            start = end
+            out, x, words = fusion(x, words, word_mask)
+            stages.append(out)
+        return _Encoded(stages=stages, words=words)
+
+    # ---- the interface --------------------------------------------------------------------
+    def forward(self, batch: Batch) -> ModelOutput:
+        cfg = self.config
+        text = self.prepare_text(batch.text, batch.images.device)
+        ids, word_mask = text.ids, text.mask
+        images = batch.images
+        h, w = images.shape[-2:]
+        if h % 32 or w % 32:
+            raise ValueError(f"MagNet: image size {h}x{w} must be a multiple of 32 (Swin's four stages)")
+        grounding = self.training and self.mask_grounding is not None and batch.masks is not None
+        aux: dict[str, Tensor] = {}
+        if grounding:
+            tok = self.tokenizer
+            mg_ids, mg_targets = mask_tokens(
+                ids, word_mask, mask_token_id=tok.mask_token_id, vocab_size=tok.vocab_size,
+                special_ids=tok.special_ids, ratio=cfg.mg_ratio,
+            )
+            aux["mg_input_ids"], aux["mg_targets"] = mg_ids, mg_targets
+        seg_ids = mg_ids if grounding and cfg.mg_mode == "shared" else ids
+        enc = self.encode(images, seg_ids, word_mask)
+        mask_features, multi_scale = self.pixel_decoder(enc.stages)  # [B, dim, H/4, W/4], [s32, s16, s8]
+        preds = self.decoder(multi_scale, mask_features)
+        masks_all = torch.stack([p["mask_logits"][:, 0] for p in preds], dim=1)  # [B, P, H/4, W/4]
+        classes_all = torch.stack([p["class_logits"][:, 0] for p in preds], dim=1)  # [B, P, 2]
+        cls = classes_all[:, -1] if cfg.class_gate else None
+        logits = probability_logits(cls, masks_all[:, -1]).unsqueeze(1)  # [B, 1, H/4, W/4]
+        aux["mask_logits_all"] = masks_all
+        aux["class_logits_all"] = classes_all
+        aux["pixel_embeds"] = mask_features
+        aux["text_embed"] = self.lang_proj(masked_mean(enc.words, word_mask))  # [B, dim]
+        if grounding:
+            mg_enc = enc if cfg.mg_mode == "shared" else self.encode(images, mg_ids, word_mask)
+            emb = self.text_encoder.bert.embeddings.word_embeddings.weight
+            aux["mg_logits"] = self.mask_grounding(mg_enc.words, word_mask, mg_enc.stages[-1], batch.masks, emb)
+        return ModelOutput(logits=logits, aux=aux)
+
+    def loss(self, batch: Batch, output: ModelOutput) -> dict[str, Tensor]:
+        """``L_seg + mg_weight L_MG + cal_weight L_CAL`` with every term named (module docstring)."""
+        cfg = self.config
+        if batch.masks is None:
+            raise ValueError("MagNet.loss: batch.masks is None (training needs the target masks)")
+        target = batch.masks.to(output.logits.device).float()
+        masks_all, classes_all = output.aux["mask_logits_all"], output.aux["class_logits_all"]
+        b, p = classes_all.shape[:2]
+        has_target = target.flatten(1).amax(1) > 0.5  # [B]
+        ce = F.cross_entropy(classes_all.reshape(b * p, 2).float(), has_target.long().repeat_interleave(p)) * p
+        if bool(has_target.any()):
+            m = masks_all[has_target].reshape(-1, 1, *masks_all.shape[-2:])  # [B'P, 1, h, w]
+            t = target[has_target].repeat_interleave(p, dim=0)  # [B'P, 1, H, W]
+            bce, dice = binary_cross_entropy(m, t) * p, dice_loss(m, t) * p
+        else:
+            bce = dice = masks_all.sum() * 0.0
+        seg = cfg.class_weight * ce + cfg.bce_weight * bce + cfg.dice_weight * dice
+        terms = {"seg": seg, "ce": ce, "bce": bce, "dice": dice}
+        total = seg
+        if "mg_logits" in output.aux:
+            terms["mg"] = masked_token_loss(output.aux["mg_logits"], output.aux["mg_targets"])
+            total = total + cfg.mg_weight * terms["mg"]
+        if cfg.use_alignment_loss:
+            pix, txt = output.aux["pixel_embeds"], output.aux["text_embed"]
+            terms["cal_p2t"] = pixel_text_alignment_loss(pix, txt, target, cfg.cal_temperature)
+            terms["cal_p2p"] = pixel_contrastive_loss(pix, target, cfg.cal_temperature, cfg.cal_samples)
+            terms["cal"] = terms["cal_p2t"] + terms["cal_p2p"]
+            total = total + cfg.cal_weight * terms["cal"]
+        terms["total"] = total
+        return terms
