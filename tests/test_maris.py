@@ -26,7 +26,7 @@ from rislib.fusion.maris import (
 )
 from rislib.layers import AttentionRecorder
 from rislib.models import build_model, load_model, save_model
-from rislib.models.maris import PRESETS, parameter_counts
+from rislib.models.maris import PRESETS, default_adapter_rank, parameter_counts
 
 TEXTS = ["the red circle", "the second small blue square from the left", "big star", "the leftmost hexagon"]
 
@@ -258,7 +258,7 @@ def test_official_layout_sam_checkpoint_loads_and_wrong_shapes_are_refused(tmp_p
     enc, dec = model.sam_load_reports["vision_encoder"], model.sam_load_reports["decoder"]
     # encoder: every official tensor loads; only the adapters (added afterwards) are new
     assert len(enc.loaded) == len([k for k in sd if k.startswith("image_encoder.")]) and enc.missing == []
-    assert model.adapter_names == [f"blocks.{i}.mlp" for i in range(4)]
+    assert model.adapter_names == [f"blocks.{i}.mlp" for i in range(4)] and model.adapter_rank == 8
     # decoder: everything but the query MLP loads; SAM's IoU head and multi-mask outputs are unused
     assert dec.missing and all(k.startswith("query_mlp.") for k in dec.missing)
     assert "mask_decoder.iou_prediction_head.layers.0.weight" in dec.unexpected
@@ -339,7 +339,8 @@ def test_tiny_preset_parameter_counts_and_presets_are_data():
     assert counts == {"total": model.num_parameters(), "trainable": model.num_parameters(trainable_only=True)}
     assert counts["total"] == counts["trainable"]  # tiny trains everything from scratch
     assert PRESETS["paper"].vision == "sam_vit_h" and PRESETS["paper"].peft == "adapter"
-    assert PRESETS["paper"].adapter_rank == 64 and PRESETS["paper"].max_tokens == 20
+    assert PRESETS["paper"].max_tokens == 20
+    assert [default_adapter_rank(w) for w in (1280, 768, 96)] == [64, 32, 8]  # ViT-H, ViT-B, tiny
     assert PRESETS["small"].text == "minilm" and PRESETS["small"].freeze_text
 
 

@@ -56,9 +56,18 @@ from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
 from .registry import build_model, register_model
 
-__all__ = ["MARISConfig", "MARIS", "PEFT_MODES", "PRESETS", "parameter_counts"]
+__all__ = ["MARISConfig", "MARIS", "PEFT_MODES", "PRESETS", "default_adapter_rank", "parameter_counts"]
 
 PEFT_MODES = ("adapter", "frozen", "full")
+
+# Adapter rank by ViT width: ViT-H 64 and ViT-B 32 are papers.md 2.4 item 6 [proposal]; ViT-L's 48
+# and width // 12 for other (course) sizes are this project's interpolation.
+ADAPTER_RANKS = {1280: 64, 1024: 48, 768: 32}
+
+
+def default_adapter_rank(width: int) -> int:
+    """Adapter bottleneck for a ViT of ``width``: 64 (ViT-H), 48 (ViT-L), 32 (ViT-B), else ``max(4, width // 12)``."""
+    return ADAPTER_RANKS.get(width, max(4, width // 12))
 
 
 @dataclass
@@ -77,7 +86,9 @@ class MARISConfig(ModelConfig):
         peft: ``"adapter"`` (frozen SAM encoder + parallel adapters on every block MLP),
             ``"frozen"`` (frozen SAM encoder, no adapters) or ``"full"`` (train everything;
             what a from-scratch encoder needs).
-        adapter_rank, adapter_scale: bottleneck width and output scale of the adapters.
+        adapter_rank: adapter bottleneck width; None picks it from the ViT width
+            (:func:`default_adapter_rank`: 64 for ViT-H, 32 for ViT-B, papers.md 2.4 item 6).
+        adapter_scale: adapter output scale (0.1, AdaptFormer's).
         freeze_text: keep the text encoder frozen (and in eval mode).
         load_sam_decoder: when ``vision_checkpoint`` is an official SAM checkpoint, also
             initialise the mask decoder from it.
@@ -96,7 +107,7 @@ class MARISConfig(ModelConfig):
     use_lga: bool = True
     use_mm_query: bool = True
     peft: str = "adapter"
-    adapter_rank: int = 32
+    adapter_rank: int | None = None
     adapter_scale: float = 0.1
     freeze_text: bool = True
     load_sam_decoder: bool = True
@@ -145,7 +156,6 @@ PRESETS: dict[str, MARISConfig] = {
         decoder_heads=4,
         decoder_mlp_dim=256,
         peft="full",
-        adapter_rank=8,
         freeze_text=False,
         backbone_lr_scale=0.1,  # a from-scratch ViT at the head's rate slowed short CPU runs (measured)
     ),
@@ -159,7 +169,6 @@ PRESETS: dict[str, MARISConfig] = {
         fusion_ffn_dim=1024,
         decoder_mlp_dim=1024,
         peft="full",
-        adapter_rank=16,
         freeze_text=True,
         backbone_lr_scale=1.0,
     ),
@@ -172,7 +181,6 @@ PRESETS: dict[str, MARISConfig] = {
         text="bert_base",
         dim=256,
         peft="adapter",
-        adapter_rank=64,
         freeze_text=True,
     ),
 }
@@ -244,6 +252,7 @@ class MARIS(RISModel):
             else:
                 load_weights(self.text_encoder, c.text_checkpoint)
         self.adapter_names: list[str] = []
+        self.adapter_rank = 0
         self._apply_peft()
 
     # ---- parameter-efficient fine-tuning ----------------------------------------------------
@@ -262,8 +271,11 @@ class MARIS(RISModel):
                     raise ValueError(
                         f"MARISConfig.peft: 'adapter' needs a ViT encoder with 'blocks.*.mlp' ({c.vision!r} has none)"
                     )
+                spec = getattr(self.vision_encoder, "spec", None)
+                width = spec.embed_dim if spec is not None else self.vision_encoder.channels[0]
+                self.adapter_rank = c.adapter_rank or default_adapter_rank(width)
                 self.adapter_names = add_parallel_adapters(
-                    self.vision_encoder, "blocks.*.mlp", rank=c.adapter_rank, scale=c.adapter_scale
+                    self.vision_encoder, "blocks.*.mlp", rank=self.adapter_rank, scale=c.adapter_scale
                 )
         if c.freeze_text:
             freeze(self.text_encoder)
@@ -277,10 +289,11 @@ class MARIS(RISModel):
         return self
 
     def backbone_modules(self) -> list[nn.Module]:
-        """Encoders trained at ``backbone_lr_scale``; with ``peft="adapter"`` the adapters are new
-        modules and train at the full rate (papers.md 2.4 item 8), so no module is scaled."""
+        """Encoders trained at ``backbone_lr_scale``. With ``peft="adapter"`` the vision encoder's
+        only trainable parameters are its adapters, new modules that train at the full rate
+        (papers.md 2.4 item 8); frozen parameters are in no group at all."""
         if self.config.peft == "adapter":
-            return []
+            return [self.text_encoder]
         return [self.vision_encoder, self.text_encoder]
 
     def trainable_report(self) -> ParameterReport:
