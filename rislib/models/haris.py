@@ -28,7 +28,8 @@ This project's interpretation (papers.md 5.4 and 7.5, [proposal]), one module pe
    strides 32 -> 16 -> 8 with top-down residuals, continued to stride 4 without a block
    (equations in that module);
 5. decoder: the shared Mask2Former-style :class:`~rislib.decoders.mask2former.MultiScalePixelDecoder`
-   over the four fused levels (strides 4 to 32) and
+   over the four fused levels (attention over strides 8 to 32, the stride-4 level merged
+   FPN-style, as in Mask2Former's own decoder) and
    :class:`~rislib.decoders.mask2former.MaskedQueryDecoder` with **one** learnable query,
    6 layers; the query starts as the learnable token plus projections of F_s and of the mean
    of the words after the last VWA (so the vision-weighted words reach the mask);
@@ -91,6 +92,9 @@ class HARISConfig(ModelConfig):
         peft_towers: which towers (``"vision"``, ``"text"``) ``peft`` applies to.
         adapter_rank, adapter_scale: bottleneck width and output scale of the adapters.
         pixel_decoder_layers, pixel_decoder_ffn_dim: the multi-scale pixel decoder.
+        pixel_decoder_fpn_levels: finest pyramid levels merged FPN-style instead of entering
+            the pixel decoder's attention (1: the stride-4 level, as in Mask2Former's own
+            decoder, whose deformable attention covers strides 8 to 32 only).
         decoder_layers, decoder_ffn_dim: the masked-attention query decoder
             (``decoder_layers + 1`` predictions).
         focal_weight, dice_weight, focal_alpha, focal_gamma: the loss.
@@ -111,6 +115,7 @@ class HARISConfig(ModelConfig):
     adapter_scale: float = 0.1
     pixel_decoder_layers: int = 4
     pixel_decoder_ffn_dim: int = 1024
+    pixel_decoder_fpn_levels: int = 1
     decoder_layers: int = 6
     decoder_ffn_dim: int = 2048
     focal_weight: float = 20.0
@@ -140,9 +145,7 @@ class HARISConfig(ModelConfig):
 
 PRESETS: dict[str, HARISConfig] = {
     # CPU in minutes: CLIP-architecture towers at a tiny size, from scratch, trained fully
-    # (a randomly initialised tower has nothing for adapters to preserve). The pixel decoder
-    # keeps only its projections: one layer of its dense attention over the 1,360 tokens of a
-    # 128 px pyramid would cost about two thirds of a CPU training step.
+    # (a randomly initialised tower has nothing for adapters to preserve).
     "tiny": HARISConfig(
         image_size=128,
         max_tokens=20,
@@ -155,7 +158,7 @@ PRESETS: dict[str, HARISConfig] = {
         ffn_dim=128,
         peft="full",
         adapter_rank=8,
-        pixel_decoder_layers=0,
+        pixel_decoder_layers=1,
         pixel_decoder_ffn_dim=128,
         decoder_layers=3,
         decoder_ffn_dim=128,
@@ -282,6 +285,7 @@ class HARIS(RISModel):
             num_heads=c.num_heads,
             ffn_dim=c.pixel_decoder_ffn_dim,
             dropout=c.dropout,
+            fpn_levels=c.pixel_decoder_fpn_levels,
         )
         if c.pixel_decoder_layers == 0:
             # without encoder layers the level embeddings are never read: keep them out of training
