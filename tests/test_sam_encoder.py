@@ -156,3 +156,18 @@ def test_checkpoint_parts_and_loading_into_an_adapted_encoder():
     assert torch.equal(enc.blocks[2].mlp.wrapped.lin2.weight, official.blocks[2].mlp.lin2.weight)
     images = torch.rand(1, 3, 128, 128)
     torch.testing.assert_close(enc(images)[-1], official(enc.normalize(images)), atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients():
+    plain = build_sam_encoder("tiny")
+    ckpt = build_sam_encoder("tiny", gradient_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    images = torch.rand(2, 3, 64, 64)
+    grads = []
+    for enc in (plain, ckpt):
+        out = enc.train()(images)
+        sum(o.square().mean() for o in out).backward()
+        grads.append({n: p.grad for n, p in enc.named_parameters()})
+        torch.testing.assert_close(out[-1], plain(images)[-1])
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, atol=1e-6, rtol=1e-4)

@@ -27,6 +27,12 @@ This project's interpretation (papers.md 2.4 and 7.4, [proposal]), one module pe
    rank 64 for ViT-H / 32 for ViT-B), SAM encoder and text encoder frozen;
 7. loss: BCE + Dice, 1:1.
 
+Input: the data pipeline's ``S x S`` image (``RISDataset(resize="squash")`` as LAVT, or
+``resize="letterbox"``, which keeps the aspect ratio and pads with the mean colour, i.e. zero
+after normalisation, as SAM's resize-longest-side + pad does, though SAM pads only at the
+bottom/right). To train the ``paper`` preset at 1024 px, ``vision_kwargs["gradient_checkpointing"]``
+trades compute for activation memory in the SAM encoder.
+
 Ablation switches (config fields, ``build_model("maris", use_vga=False)``):
 ``use_vga=False`` (pixels not updated by words), ``use_lga=False`` (words not updated by
 pixels; the query token is built from the raw projected sentence), ``use_mm_query=False``
