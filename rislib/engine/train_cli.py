@@ -33,9 +33,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["configure", "main", "parse_assignments", "ensure_refshapes", "build_datasets"]
-
-DEMO_COUNTS = {"train": 600, "val": 100, "testA": 100, "testB": 100, "testC": 100}
+__all__ = ["configure", "main", "parse_assignments", "parse_counts", "ensure_refshapes", "build_datasets"]
 
 
 def parse_assignments(items: list[str] | None, flag: str = "--set") -> dict[str, Any]:
@@ -60,7 +58,8 @@ def parse_assignments(items: list[str] | None, flag: str = "--set") -> dict[str,
     return out
 
 
-def _parse_counts(text: str | None) -> dict[str, int] | None:
+def parse_counts(text: str | None) -> dict[str, int] | None:
+    """``"train=600,val=100"`` -> ``{"train": 600, "val": 100}`` (None for an empty string)."""
     if not text:
         return None
     counts = {}
@@ -154,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
         if args.dataset in ("refshapes", "grefshapes"):
             if ctx.is_main:
                 ensure_refshapes(args.data, args.dataset, size=recipe.image_size,
-                                 counts=_parse_counts(args.generate_counts), seed=0)  # fmt: skip
+                                 counts=parse_counts(args.generate_counts), seed=0)  # fmt: skip
             barrier()
         torch.manual_seed(args.seed)
         model = build_model(args.model, args.preset, **model_overrides)

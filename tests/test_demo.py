@@ -1,0 +1,65 @@
+"""The demo command end to end, shrunk to seconds: data, training, evaluation, figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from rislib import demo
+from rislib.models import build_model, save_model
+
+
+def test_demo_runs_end_to_end_and_evaluates_a_shipped_checkpoint(tmp_path, capsys):
+    torch.manual_seed(0)
+    shipped = tmp_path / "checkpoints"
+    save_model(build_model("xattn", "tiny", image_size=64), shipped / "xattn_gpu.pt")
+    parser = argparse.ArgumentParser()
+    demo.configure(parser)
+    args = parser.parse_args([
+        "--data", str(tmp_path / "data"), "--size", "64", "--counts", "train=12,val=3,testA=3,testB=3,testC=3",
+        "--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "figures"), "--steps", "3",
+        "--checkpoints", str(shipped), "--eval-limit", "4", "--no-progress",
+    ])  # fmt: skip
+    assert demo.main(args) == 0
+    out = capsys.readouterr().out
+    for split in ("val", "testA", "testB", "testC"):
+        assert f"| {split} | xattn/tiny (CPU" in out and f"| {split} | xattn_gpu (shipped) |" in out
+    assert "| split | model | n | oIoU | mIoU | P@0.5 | P@0.7 | P@0.9 |" in out and "where everything is" in out
+    figures = tmp_path / "figures"
+    assert (figures / "demo_predictions.png").stat().st_size > 10_000
+    assert (figures / "demo_attention.png").stat().st_size > 5_000
+    run = tmp_path / "runs" / "xattn_tiny"
+    summary = json.loads((run / "demo_summary.json").read_text())
+    assert summary["train"]["steps"] == 3 and len(summary["metrics"]) == 8
+    assert (run / "final.pt").is_file() and (run / "curves.png").is_file()
+    # a second run reuses the generated data
+    assert demo.main(args) == 0
+    assert "using the RefShapes data" in capsys.readouterr().out
+
+
+def test_word_attention_gives_one_map_per_word():
+    from rislib.data import collate_batch  # noqa: F401 - the demo's path to batches
+
+    torch.manual_seed(0)
+    model = build_model("xattn", "tiny", image_size=64).eval()
+    item = {"image": torch.rand(3, 64, 64), "mask": torch.zeros(1, 64, 64), "text": "the big red star",
+            "meta": {}}  # fmt: skip
+    name, words, maps = demo.word_attention(model, item)
+    assert words == ["the", "big", "red", "star"] and maps.shape[0] == 4
+    assert maps.shape[1] == maps.shape[2] and "cross" in name
+    # each pixel's attention over the words (specials included) sums to at most 1
+    assert float(maps.sum(0).max()) <= 1.0 + 1e-5
+    assert demo.word_attention(build_model("concat", "tiny", image_size=64).eval(), item) is None
+
+
+def test_estimate_steps_fits_the_budget_between_bounds():
+    torch.manual_seed(0)
+    model = build_model("xattn", "tiny", image_size=64)
+    items = [{"image": torch.rand(3, 64, 64), "mask": torch.zeros(1, 64, 64), "text": "the red star", "meta": {}}] * 4
+    assert demo.estimate_steps(model, items, batch_size=4, minutes=1e-6, max_steps=500) == 20
+    assert demo.estimate_steps(model, items, batch_size=4, minutes=1e6, max_steps=500) == 500
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    demo.estimate_steps(model, items, batch_size=4, minutes=0.1, max_steps=500)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # timed on a copy
