@@ -294,6 +294,24 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(tmp_pa
     assert summary["status"].startswith("stopped: non-finite") and "dice" in summary["error"]
 
 
+def test_a_non_finite_step_leaves_weights_and_batchnorm_statistics_untouched(tmp_path):
+    model = build_toy()
+    model.vision_encoder.conv1 = nn.Sequential(model.vision_encoder.conv1, nn.BatchNorm2d(8))
+    tr = Trainer(model, toy_config(tmp_path), train_dataset=ToyShapes(16))
+    data = ToyShapes(16)
+    tr.train_step(toy_collate([data[i] for i in range(8)]))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt_before = tr.optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    bad = toy_collate([data[i] for i in range(8, 16)])
+    bad.images[0, :, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"step 2 .*loss term 'bce' is nan"):
+        tr.train_step(bad)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(tr.optimizer.state_dict()["state"][0]["exp_avg"], opt_before) and tr.step == 1
+    assert tr.schedule.step_count == 1
+
+
 def test_time_budget_stops_with_a_resumable_checkpoint(tmp_path):
     cfg = toy_config(tmp_path, steps=50, max_minutes=0.0)
     res = Trainer(build_toy(), cfg, train_dataset=ToyShapes(48), collate_fn=toy_collate).fit()

@@ -645,6 +645,12 @@ class Trainer:
             forward_module = self.ddp
         self.forward_module = torch.compile(forward_module) if config.compile else forward_module
         self._params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self._running_stats = [
+            getattr(m, name)
+            for m in self.model.modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+            for name in ("running_mean", "running_var", "num_batches_tracked")
+        ]
 
         # ---- progress state ------------------------------------------------------------
         self.step = 0
@@ -695,12 +701,16 @@ class Trainer:
 
         Raises:
             NonFiniteLossError: a term or the gradient norm is NaN/inf; the weights, the
-                optimiser and the schedule are left as they were before the step.
+                normalisation running statistics, the optimiser and the schedule are left as
+                they were before the step.
         """
         if isinstance(micro_batches, Batch):
             micro_batches = [micro_batches]
         n = len(micro_batches)
         self.model.train()
+        # running statistics change in the forward pass: keep a copy to undo a bad step
+        running = [b for b in self._running_stats if b is not None]
+        saved = [b.clone() for b in running]
         sums: dict[str, Tensor] = {}
         for i, mb in enumerate(micro_batches):
             mb = self._prepare(mb)
@@ -740,6 +750,9 @@ class Trainer:
             bad = ["grad_norm"]
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, v in zip(running, saved):
+                    b.copy_(v)
             terms = ", ".join(f"{k}={values[k]:.4g}" for k in keys)
             where = "the gradient norm is" if bad == ["grad_norm"] else f"loss term {bad[0]!r} is"
             last = (
