@@ -137,7 +137,11 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             raise KeyError(f"{path}: field {key!r} missing (expected a checkpoint written by rislib.save_model)")
     entry = _entry(ckpt["model"])
     valid = {f.name for f in dataclasses.fields(entry.config_cls)}
-    config = entry.config_cls(**{k: v for k, v in ckpt["config"].items() if k in valid})
+    fields = {k: v for k, v in ckpt["config"].items() if k in valid}
+    # the saved weights replace any pre-trained checkpoint the model was built from, so do not
+    # re-read those files (they may have moved, or live on another machine)
+    fields.update({k: None for k in fields if k.endswith("_checkpoint")})
+    config = entry.config_cls(**fields)
     model = entry.model_cls(config)
     model.name, model.preset = ckpt["model"], ckpt.get("preset", "")
     load_weights(model, ckpt["state_dict"], source=str(path))
