@@ -46,6 +46,9 @@ def test_product_fusion_equals_mcn_formula_in_eval_mode():
     t = _leaky(_bn1d(f @ fusion.text_proj.weight.T + fusion.text_proj.bias, fusion.text_norm))
     ref = _leaky(_bn(pv * t[:, :, None, None], fusion.norm))  # LeakyReLU(BN(Conv1x1(V) * tile(...)))
     torch.testing.assert_close(fusion(v, f), ref, atol=1e-5, rtol=1e-5)
+    fusion.train()
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        fusion(v[:1], f[:1])
 
 
 def test_top_down_merge_and_cross_modal_features():
@@ -240,9 +243,9 @@ def test_small_preset_forward_backward():
 def test_paper_preset_forward_backward_at_416():
     model = build_model("lts", "paper")
     assert model.config.image_size == 416 and model.vision_encoder.channels == (256, 512, 1024)
-    batch = _batch(1, 416)
+    batch = _batch(2, 416)
     out = model(batch)
-    assert out.logits.shape == (1, 1, 52, 52) and out.aux["location"].shape == (1, 1, 13, 13)
+    assert out.logits.shape == (2, 1, 52, 52) and out.aux["location"].shape == (2, 1, 13, 13)
     losses = model.loss(batch, out)
     assert set(losses) == {"seg", "loc", "total"}  # BCE only in the paper preset
     losses["total"].backward()

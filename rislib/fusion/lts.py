@@ -95,7 +95,8 @@ class ProductFusion(nn.Module):
         dim: channels of the fused map.
         use_coords: concatenate the 8-channel coordinate map to ``V`` before the 1x1 conv.
 
-    Shapes: ``V [B, C_v, H, W]``, ``f [B, C_t]`` -> ``M [B, dim, H, W]``.
+    Shapes: ``V [B, C_v, H, W]``, ``f [B, C_t]`` -> ``M [B, dim, H, W]``. Training needs
+    ``B >= 2`` (batch statistics of ``W f``).
     """
 
     def __init__(self, *, visual_dim: int, text_dim: int, dim: int, use_coords: bool = True) -> None:
@@ -107,6 +108,11 @@ class ProductFusion(nn.Module):
         self.norm = nn.BatchNorm2d(dim)
 
     def forward(self, visual: Tensor, sentence: Tensor) -> Tensor:
+        if self.training and sentence.shape[0] < 2:
+            raise ValueError(
+                "ProductFusion: the BatchNorm over the sentence feature needs at least 2 samples per batch "
+                f"in training mode, got {sentence.shape[0]} (use a larger batch, or model.eval() for inference)"
+            )
         v = self.visual_proj(_with_coords(visual, self.use_coords))  # [B, C_v(+8), H, W] -> [B, dim, H, W]
         t = F.leaky_relu(self.text_norm(self.text_proj(sentence)), LEAKY_SLOPE)  # [B, C_t] -> [B, dim]
         return F.leaky_relu(self.norm(v * t[:, :, None, None]), LEAKY_SLOPE)  # tile over H, W
