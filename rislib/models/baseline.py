@@ -133,17 +133,14 @@ class XAttnConfig(BaselineConfig):
 class _BaselineBase(RISModel):
     config: BaselineConfig
 
-    def _mask_loss(self, batch: Batch, output: ModelOutput) -> dict[str, Tensor]:
+    def loss(self, batch: Batch, output: ModelOutput) -> dict[str, Tensor]:
+        """``{"bce", "dice", "total"}``: ``bce_weight * BCE + dice_weight * Dice`` on the upsampled logits."""
         if batch.masks is None:
             raise ValueError(f"{type(self).__name__}.loss: Batch.masks is None (expected [B, 1, H, W] targets)")
         bce = binary_cross_entropy(output.logits, batch.masks)
         dice = dice_loss(output.logits, batch.masks)
         total = self.config.bce_weight * bce + self.config.dice_weight * dice
         return {"bce": bce, "dice": dice, "total": total}
-
-    def loss(self, batch: Batch, output: ModelOutput) -> dict[str, Tensor]:
-        """``bce_weight * BCE + dice_weight * Dice`` on the upsampled logits."""
-        return self._mask_loss(batch, output)
 
 
 _TINY_VISION: dict[str, Any] = {"widths": (32, 64, 96, 128)}
