@@ -84,7 +84,9 @@ def mask_tokens(
     r = rand(b, length)
     to_mask = chosen & (r < 0.8)
     to_random = chosen & (r >= 0.8) & (r < 0.9)
-    allowed = torch.tensor([i for i in range(vocab_size) if i not in special_ids], dtype=ids.dtype, device=ids.device)
+    keep = torch.ones(vocab_size, dtype=torch.bool, device=ids.device)
+    keep[special[special < vocab_size]] = False
+    allowed = keep.nonzero().squeeze(1).to(ids.dtype)  # non-special ids
     random_ids = allowed[(rand(b, length) * len(allowed)).long().clamp_max(len(allowed) - 1)]
     masked = ids.masked_fill(to_mask, mask_token_id)
     masked = torch.where(to_random, random_ids, masked)

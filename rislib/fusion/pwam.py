@@ -75,15 +75,16 @@ def masked_instance_norm(x: Tensor, mask: Tensor | None = None, eps: float = 1e-
     positions where ``mask [B, L]`` is True (all positions when ``mask`` is None). Masked
     positions are normalised with the same statistics; their values are meaningless.
     """
+    y = x.float()  # statistics in float32, also under bf16 autocast
     if mask is None:
-        mean = x.mean(1, keepdim=True)
-        var = x.var(1, keepdim=True, unbiased=False)
+        mean = y.mean(1, keepdim=True)
+        var = y.var(1, keepdim=True, unbiased=False)
     else:
-        m = mask.to(x.dtype).unsqueeze(-1)  # [B, L, 1]
+        m = mask.to(y.dtype).unsqueeze(-1)  # [B, L, 1]
         n = m.sum(1, keepdim=True).clamp_min(1.0)
-        mean = (x * m).sum(1, keepdim=True) / n
-        var = ((x - mean).square() * m).sum(1, keepdim=True) / n
-    return (x - mean) * torch.rsqrt(var + eps)
+        mean = (y * m).sum(1, keepdim=True) / n
+        var = ((y - mean).square() * m).sum(1, keepdim=True) / n
+    return ((y - mean) * torch.rsqrt(var + eps)).to(x.dtype)
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float, module: nn.Module) -> Tensor:

@@ -24,7 +24,8 @@ Architecture [code] (papers.md 4.2):
   multi-scale pixel decoder over ``out_1..out_4`` (here a plain transformer encoder instead of
   multi-scale deformable attention: see that module for the change and its cost) and 9
   masked-attention layers; 10 predictions for deep supervision. The decoder never sees
-  language directly.
+  language directly. (The CPU-sized presets keep stride 4 out of the pixel decoder's
+  transformer, ``pixel_decoder_fpn_levels=1``; ``paper`` keeps MagNet's four levels.)
 * **Inference.** The code computes ``P = softmax(class)[..., 1:] * sigmoid(mask)`` and
   thresholds at 0.5. Its softmax, however, runs over ``dim=1``, the *query* axis, which has
   size 1, so it is identically 1 and the released rule is ``P = sigmoid(mask)``. Default here
@@ -138,6 +139,8 @@ class MagNetConfig(ModelConfig):
         cam_pool_sizes: CAM pooling sizes.
         decoder_dim, pixel_decoder_layers, pixel_decoder_ffn, decoder_layers, decoder_heads,
         decoder_ffn, decoder_groups: Mask2Former head sizes (256, 4, 1024, 9, 8, 2048, 32 [code]).
+        pixel_decoder_fpn_levels: finest levels merged FPN-style instead of entering the pixel
+            decoder's transformer (0 in ``paper``, as MagNet; 1 in ``tiny``/``small`` for speed).
         class_gate: multiply by the class probability at inference (see module docstring).
         use_mask_grounding, mg_mode, mg_ratio, mg_layers, mg_heads: Mask Grounding (training).
         use_alignment_loss, cal_temperature, cal_samples: the Cross-modal Alignment Loss.
