@@ -11,11 +11,12 @@ image size:
 * ``random_object``: an object drawn uniformly (deterministic per sample and seed);
 * ``whole_image``: every pixel (the IoU of this guess is the referent's share of the image).
 
-On RefShapes these show what the expression is for: ``testA`` (attribute words) is often
-solved by picking the biggest or brightest shape, ``testB`` (spatial words) much less often,
-and the salient-distractor images are built so that salience picks the wrong object
-(MARIS's failure case, ``shared/design/refshapes.md``). A method whose numbers are near
-these has learned salience, not language.
+On RefShapes, picking the biggest or the most salient shape is no better than picking one at
+random (all three near 22% mIoU on testA and testB; ``benchmarks/results/heuristics_refshapes.json``):
+the benchmark is built so that size and salience say little about which object is meant, and
+30% of its images plant a salient distractor, a big look-alike of a small referent (MARIS's
+failure case, ``shared/design/refshapes.md``). A method whose numbers are near these has
+learned salience, not language.
 
 This project's interpretation: the salience score (colour contrast with a ring of
 background ``max(2, sqrt(area) / 2)`` pixels wide) is our choice; no paper defines these
