@@ -19,7 +19,7 @@ from torch import nn
 from rislib import Batch, ModelOutput
 from rislib.data import RISDataset, generate_refshapes, open_source
 from rislib.encoders import build_text_encoder, build_vision_encoder
-from rislib.engine import Evaluator, eval_cli, evaluate, result_path
+from rislib.engine import Evaluator, eval_cli, evaluate, heuristics, result_path
 from rislib.engine.heuristics import available, build_heuristic, salience_scores
 from rislib.losses import binary_cross_entropy
 from rislib.models import ModelConfig, RISModel, build_model, register_model, save_model
@@ -271,3 +271,18 @@ def test_eval_command_with_a_heuristic(refshapes_root, tmp_path, capsys):
     assert record["metrics"]["mIoU"] == pytest.approx(direct.metrics["mIoU"])
     assert path.with_suffix(".csv").is_file()
     assert "| all |" in capsys.readouterr().out
+
+
+def test_floor_command_writes_one_record_per_heuristic_and_split(refshapes_root, tmp_path):
+    out = tmp_path / "floor.json"
+    argv = ["--data", str(refshapes_root), "--no-generate", "--splits", "testA", "testB", "--out", str(out)]
+    assert heuristics._main(argv) == 0
+    record = json.loads(out.read_text())
+    assert [(r["model"], r["split"]) for r in record["results"]] == [
+        (name, split) for name in available() for split in ("testA", "testB")
+    ]
+    source = open_source(refshapes_root, "refshapes")
+    testb = RISDataset(source, "testB", mode="eval")
+    direct = evaluate(build_heuristic("largest_object", source), testb, progress=False)
+    assert record["summary"]["largest_object"]["testB"]["mIoU"] == pytest.approx(direct.metrics["mIoU"], abs=0.01)
+    assert record["data"]["images"] == {"testA": 4, "testB": 4} and record["data"]["generated_here"] is False
