@@ -37,6 +37,20 @@ def test_demo_runs_end_to_end_and_evaluates_a_shipped_checkpoint(tmp_path, capsy
     # a second run reuses the generated data
     assert demo.main(args) == 0
     assert "using the RefShapes data" in capsys.readouterr().out
+    # the train command on the same data, with a model override and a TrainConfig override
+    from rislib.engine import train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.configure(parser)
+    targs = parser.parse_args([
+        "--model", "xattn", "--data", str(tmp_path / "data"), "--recipe", "cpu", "--out", str(tmp_path / "cli"),
+        "--set", "image_size=64", "--steps", "2", "--batch-size", "4", "--workers", "0", "--val-split", "",
+        "--train", "log_every=1", "--no-progress",
+    ])  # fmt: skip
+    assert train_cli.main(targs) == 0
+    s = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert s["steps"] == 2 and s["recipe"] == "cpu" and s["dataset"] == "refshapes" and s["batch_size"] == 4
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["model_config"]["image_size"] == 64
 
 
 def test_word_attention_gives_one_map_per_word():

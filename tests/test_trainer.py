@@ -381,3 +381,31 @@ def test_train_config_and_recipes_validate():
         mag.train_config(learning_rate=1)
     with pytest.raises(ValueError, match=r"batch_size: 6 is not divisible"):
         Trainer(build_toy(), TrainConfig(steps=2, batch_size=6, grad_accum=4, progress=False))
+
+
+def test_parse_assignments_reads_python_literals():
+    from rislib.engine.train_cli import parse_assignments, parse_counts
+
+    got = parse_assignments(["use_vga=false", "k=3", "lr=1e-4", "dims=(64, 128)", "vision=swin_b", "x=None"])
+    assert got == {"use_vga": False, "k": 3, "lr": 1e-4, "dims": (64, 128), "vision": "swin_b", "x": None}
+    assert parse_counts("train=6,val=2") == {"train": 6, "val": 2} and parse_counts(None) is None
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_assignments(["use_vga"])
+
+
+def test_bench_measures_both_sides_and_merges_result_files(tmp_path):
+    from rislib.engine.bench_cli import run_benchmark, write_result
+
+    rec = run_benchmark(["_trainer_toy"], batch_size=4, steps=1, warmup=1, rounds=2, progress=False)
+    sides = {r["side"]: r for r in rec["results"]}
+    assert set(sides) == {"plain", "fast"} and rec["device_slug"] == "cpu"
+    assert sides["plain"]["options"]["attention"].startswith("sdpa math") and sides["fast"]["options"]["channels_last"]
+    assert len(sides["fast"]["train_samples_per_s_rounds"]) == 2 and sides["fast"]["train_samples_per_s"] > 0
+    ratio = sides["fast"]["train_samples_per_s"] / sides["plain"]["train_samples_per_s"]
+    assert rec["speedup_fast_over_plain"]["_trainer_toy"]["train"] == pytest.approx(ratio)
+    path = write_result(rec, tmp_path)
+    other = {**rec, "results": [{**r, "model": "other"} for r in rec["results"]],
+             "speedup_fast_over_plain": {"other": {"train": 1.0}}}  # fmt: skip
+    assert write_result(other, tmp_path) == path
+    merged = json.loads(path.read_text())
+    assert sorted({r["model"] for r in merged["results"]}) == ["_trainer_toy", "other"] and len(merged["results"]) == 4

@@ -290,6 +290,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile on the fast side")
     parser.add_argument("--no-channels-last", action="store_true", help="keep NCHW on the fast side")
     parser.add_argument("--no-infer", action="store_true", help="skip the inference measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -297,6 +298,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..models import available
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     models = args.models or [m for m in available() if not m.startswith("_")]
     record = run_benchmark(
         models, preset=args.preset, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
