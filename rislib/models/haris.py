@@ -64,7 +64,8 @@ from ..layers.blocks import masked_mean
 from ..losses import dice_loss, sigmoid_focal_loss
 from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
-from .registry import build_model, register_model
+from .registry import is_on_meta, register_model
+from .registry import parameter_counts as registry_parameter_counts
 
 __all__ = ["HARISConfig", "HARIS", "PEFT_MODES", "PRESETS", "parameter_counts", "pyramid_sources"]
 
@@ -338,7 +339,7 @@ class HARIS(RISModel):
             (c.vision_kwargs if tower == "vision" else c.text_kwargs).get("checkpoint") is not None
         )
         name = c.vision if tower == "vision" else c.text
-        if not pretrained and name.startswith("clip") and not _on_meta(module):
+        if not pretrained and name.startswith("clip") and not is_on_meta(module):
             warnings.warn(
                 f"HARIS: peft={mode!r} freezes the randomly initialised {tower} encoder {name!r} "
                 f"(no {tower}_checkpoint given)",
@@ -427,15 +428,6 @@ class HARIS(RISModel):
         return terms
 
 
-def _on_meta(module: nn.Module) -> bool:
-    p = next(module.parameters(), None)
-    return p is not None and p.is_meta
-
-
 def parameter_counts(preset: str, **overrides: Any) -> dict[str, int]:
-    """``{"total", "trainable"}`` parameter counts of a preset, built on the meta device
-    (no memory, no weights)."""
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model("haris", preset, **overrides)
-    return {"total": model.num_parameters(), "trainable": model.num_parameters(trainable_only=True)}
+    """``{"total", "trainable"}`` parameter counts of a HARIS preset (built on the meta device)."""
+    return registry_parameter_counts("haris", preset, **overrides)

@@ -60,7 +60,8 @@ from ..layers.blocks import masked_mean
 from ..losses import binary_cross_entropy, dice_loss
 from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
-from .registry import build_model, register_model
+from .registry import is_on_meta, register_model
+from .registry import parameter_counts as registry_parameter_counts
 
 __all__ = ["MARISConfig", "MARIS", "PEFT_MODES", "PRESETS", "default_adapter_rank", "parameter_counts"]
 
@@ -266,7 +267,7 @@ class MARIS(RISModel):
         c = self.config
         if c.peft in ("adapter", "frozen"):
             pretrained = c.vision_checkpoint is not None or c.vision_kwargs.get("checkpoint") is not None
-            if not pretrained and not _on_meta(self.vision_encoder):
+            if not pretrained and not is_on_meta(self.vision_encoder):
                 warnings.warn(
                     f"MARIS: peft={c.peft!r} freezes a randomly initialised SAM encoder (no vision_checkpoint given)",
                     stacklevel=3,
@@ -369,16 +370,7 @@ class MARIS(RISModel):
         return {"bce": bce, "dice": dice, "total": self.config.bce_weight * bce + self.config.dice_weight * dice}
 
 
-def _on_meta(module: nn.Module) -> bool:
-    p = next(module.parameters(), None)
-    return p is not None and p.is_meta
-
-
 def parameter_counts(preset: str, **overrides: Any) -> dict[str, int]:
-    """``{"total", "trainable"}`` parameter counts of a preset, built on the meta device
-    (no memory, no weights)."""
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model("maris", preset, **overrides)
-    return {"total": model.num_parameters(), "trainable": model.num_parameters(trainable_only=True)}
+    """``{"total", "trainable"}`` parameter counts of a MARIS preset (built on the meta device)."""
+    return registry_parameter_counts("maris", preset, **overrides)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,8 @@ __all__ = [
     "save_model",
     "load_model",
     "model_summary",
+    "parameter_counts",
+    "is_on_meta",
 ]
 
 
@@ -105,6 +108,21 @@ def build_model(name: str, preset: str = "tiny", **overrides: Any) -> RISModel:
     model = entry.model_cls(config)
     model.name, model.preset = name, preset
     return model
+
+
+def is_on_meta(module: torch.nn.Module) -> bool:
+    """True when ``module`` was built on the meta device (shapes only, no storage)."""
+    p = next(module.parameters(), None)
+    return p is not None and p.is_meta
+
+
+def parameter_counts(name: str, preset: str = "tiny", **overrides: Any) -> dict[str, int]:
+    """``{"total", "trainable"}`` parameter counts of a preset, built on the meta device: no memory,
+    no weights read, instant even for the paper presets."""
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(name, preset, **overrides)
+    return {"total": model.num_parameters(), "trainable": model.num_parameters(trainable_only=True)}
 
 
 def model_summary() -> list[dict[str, str]]:
