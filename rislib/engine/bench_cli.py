@@ -15,10 +15,11 @@ model on the *same* batches with the trainer's own :meth:`~rislib.engine.trainer
 
 Rounds alternate ``plain`` and ``fast`` (each round builds a fresh model with the same seed,
 warms up, then times ``--steps`` steps) and the median of the rounds is reported, so the
-ratio holds on a noisy machine. Peak memory is ``torch.cuda.max_memory_allocated`` per side
-on CUDA; on the CPU only the process's peak resident memory exists (one number for the
-whole run). Results go to ``benchmarks/results/bench_<device>_<date>.json`` (rows of the
-same method, preset and side are replaced when the file exists)::
+ratio holds on a noisy machine (the record keeps the machine's load average). Peak memory
+is ``torch.cuda.max_memory_allocated`` per side on CUDA; on the CPU only the process's peak
+resident memory exists (one number for the whole run). Results go to
+``benchmarks/results/bench_<device>_<date>.json`` (rows of the same method, preset and side
+are replaced when the file exists)::
 
     python -m rislib bench                                  # every method, tiny preset, this device
     python -m rislib bench --models magnet xattn --preset paper --batch-size 8 --compile
@@ -31,6 +32,7 @@ import contextlib
 import datetime as _dt
 import gc
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -154,6 +156,7 @@ def run_benchmark(
     from .distributed import resolve_device
 
     dev = resolve_device(device)
+    load_start = _load_average()
     rows: list[dict[str, Any]] = []
     jobs = [(m, r, side) for m in models for r in range(rounds) for side in (("plain", "fast") if r % 2 == 0 else
                                                                            ("fast", "plain"))]  # fmt: skip
@@ -227,6 +230,7 @@ def run_benchmark(
             "seed": seed,
         },  # fmt: skip
         "process_peak_rss_mb": peak_rss,
+        "load_average_1min": {"start": load_start, "end": _load_average()},
         "results": rows,
         "speedup_fast_over_plain": speedups,
         "notes": (
@@ -240,6 +244,14 @@ def run_benchmark(
             )
         ),  # fmt: skip
     }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (how busy the machine was; None where unavailable)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _git_commit() -> str | None:
