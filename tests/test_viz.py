@@ -210,7 +210,7 @@ class _Counter:
 
 
 def _png(app: AttentionExplorer) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(app.png)))
+    return np.asarray(Image.open(io.BytesIO(app.png)).convert("RGB"))
 
 
 def test_explorer_driven_from_python(dataset: RISDataset) -> None:

@@ -29,11 +29,13 @@ from .plots import (
     figure_to_png,
     image_array,
     mask_iou,
+    new_figure,
     overlay_heatmap,
     overlay_mask,
     plot_attention,
     plot_prediction,
     plot_word_heatmaps,
+    save_figure,
 )
 from .style import PALETTE, apply_style
 
@@ -55,12 +57,14 @@ __all__ = [
     "image_array",
     "load_any_model",
     "mask_iou",
+    "new_figure",
     "overlay_heatmap",
     "overlay_mask",
     "plot_attention",
     "plot_prediction",
     "plot_word_heatmaps",
     "run_with_attention",
+    "save_figure",
     "static_explorer",
     "token_maps",
     "upsample",

@@ -66,6 +66,7 @@ __all__ = [
     "AttentionRun",
     "infer_grid",
     "split_layer",
+    "short_name",
     "is_special_token",
     "classify_map",
     "catalogue",
@@ -154,6 +155,14 @@ def split_layer(name: str) -> tuple[str, int]:
             family = ".".join(parts[:i] + ["*"] + parts[i + 1 :])
             return (family + (f"#{rep}" if rep else ""), int(p))
     return base, int(rep) if rep.isdigit() else 0
+
+
+def short_name(name: str, parts: int = 2) -> str:
+    """A label for plots: the last ``parts`` components of a name or family, without the
+    ``attn``/``attention`` and ``*`` components (``"fusion.blocks.2.lwa.attn.round1"`` ->
+    ``"lwa round1"``)."""
+    kept = [p for p in name.split(".") if p not in ("attn", "attention", "*")]
+    return " ".join(kept[-parts:])
 
 
 @dataclass(frozen=True)

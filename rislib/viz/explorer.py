@@ -45,7 +45,7 @@ from ..models.base import RISModel
 from ..models.registry import available, build_model, load_model
 from ..types import Batch
 from .attention import AttentionRun, MapInfo, families, heatmap, run_with_attention
-from .plots import figure_to_png, mask_array, mask_iou, overlay_heatmap, overlay_mask
+from .plots import figure_to_png, mask_array, mask_iou, new_figure, overlay_heatmap, overlay_mask
 
 __all__ = [
     "ExplorerItem",
@@ -294,7 +294,7 @@ def render_panels(
 ) -> tuple[Figure, list[Tensor | None], list[np.ndarray], list[float | None]]:
     """Draw one row per panel: attention over the image, and the predicted mask (ground
     truth outlined, IoU in the title). Returns ``(figure, heatmaps, masks, ious)``."""
-    fig = Figure(figsize=(2 * cell, cell * len(panels) + 0.5))
+    fig = new_figure((2 * cell, cell * len(panels) + 0.5))
     axes = fig.subplots(len(panels), 2, squeeze=False)
     heats, masks, ious = [], [], []
     for row, panel in zip(axes, panels, strict=True):
@@ -743,7 +743,8 @@ def explorer(
         models: further models to choose from (specs as ``model``, or label -> spec);
             loaded when first selected.
         index: the first sample.
-        compare: a second model shown side by side from the start (added to ``models``).
+        compare: a second model shown side by side from the start: a label of ``models``,
+            one of their specs, or a new spec (then added).
         opacity: initial heatmap opacity.
 
     Example::
@@ -757,8 +758,10 @@ def explorer(
     for label, spec in _as_specs(models).items():
         specs.setdefault(label, spec)
     compare_label = None
-    if compare is not None:
-        compare_label = _spec_label(compare)
+    if isinstance(compare, str) and compare in specs:
+        compare_label = compare
+    elif compare is not None:
+        compare_label = next((k for k, v in specs.items() if v is compare), None) or _spec_label(compare)
         specs.setdefault(compare_label, compare)
     core = ExplorerCore(dataset=dataset, models=specs)
     return AttentionExplorer(core, index=index, compare=compare_label, opacity=opacity)

@@ -14,8 +14,10 @@ booleans / probabilities (thresholded at 0.5).
 from __future__ import annotations
 
 import io
+import os
 import textwrap
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,10 +27,12 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..metrics import mask_counts
-from .attention import MapInfo, families, word_heatmaps
+from .attention import MapInfo, families, short_name, word_heatmaps
 from .style import HEAT_CMAP, PALETTE
 
 __all__ = [
+    "new_figure",
+    "save_figure",
     "image_array",
     "mask_array",
     "mask_iou",
@@ -39,6 +43,25 @@ __all__ = [
     "plot_attention",
     "figure_to_png",
 ]
+
+
+_BACKEND_READY = False
+
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A :class:`~matplotlib.figure.Figure` outside pyplot's list of open figures.
+
+    pyplot chooses its backend lazily, and in a notebook that choice is what registers the
+    inline display of figures; so the first call lets pyplot make (and close) one figure,
+    after which a returned figure shows itself as a cell's value even in a fresh kernel.
+    """
+    global _BACKEND_READY
+    if not _BACKEND_READY:
+        import matplotlib.pyplot as plt
+
+        plt.close(plt.figure())
+        _BACKEND_READY = True
+    return Figure(figsize=figsize)
 
 
 def image_array(image: Any) -> np.ndarray:
@@ -145,7 +168,7 @@ def plot_prediction(
 ) -> Figure:
     """Ground truth and prediction side by side; the prediction's title gives its IoU."""
     ncols = 2 if gt is not None else 1
-    fig = Figure(figsize=(width * ncols / 2, width / 2 + 0.5))
+    fig = new_figure((width * ncols / 2, width / 2 + 0.5))
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     if gt is not None:
         overlay_mask(axes[0], image, gt, color=PALETTE["gt"], title="ground truth")
@@ -176,7 +199,7 @@ def plot_word_heatmaps(
     for name, maps in rows.items():
         if maps.shape[0] != ncols:
             raise ValueError(f"plot_word_heatmaps: row {name!r} has {maps.shape[0]} maps for {ncols} labels")
-    fig = Figure(figsize=(cell * ncols + 0.6, cell * len(rows) + (0.5 if title else 0.2)))
+    fig = new_figure((cell * ncols + 0.6, cell * len(rows) + (0.5 if title else 0.2)))
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     for r, (name, maps) in enumerate(rows.items()):
         for c, label in enumerate(labels):
@@ -205,6 +228,8 @@ def plot_attention(
     head: int | None = None,
     per_head: bool = False,
     include_special: bool = False,
+    words: Sequence[str] | None = None,
+    max_words: int = 10,
     sample: int = 0,
     alpha: float = 0.6,
     title: str | None = None,
@@ -221,6 +246,8 @@ def plot_attention(
             first family with a token axis.
         names: explicit map names instead of a family (they must share their token labels).
         head: one head (None: the head mean); ignored with ``per_head``.
+        words: token labels to show (after the sentence map); by default every content word,
+            at most ``max_words`` of them (the first ones).
     """
     img = image_array(image)
     size = img.shape[:2]
@@ -246,18 +273,41 @@ def plot_attention(
             lab, m = word_heatmaps(
                 maps[info.name], info, head=h, sample=sample, size=size, include_special=include_special
             )
+            keep = [0] + [i for i, t in enumerate(lab) if i > 0 and (words is None or t in words)][:max_words]
+            lab, m = [lab[i] for i in keep], m[keep]
             if labels is not None and lab != labels:
                 raise ValueError(f"plot_attention: {info.name} has tokens {lab}, the first row has {labels}")
             labels = lab
-            key = f"layer {info.layer}" if names is None else info.name
+            key = f"layer {info.layer}" if names is None else f"{short_name(info.name)} ({info.layer})"
             rows[key + ("" if h is None else f", head {h}")] = m
     if labels is None:
         raise ValueError("plot_attention: nothing selected")
     return plot_word_heatmaps(img, rows, labels, alpha=alpha, title=title)
 
 
-def figure_to_png(fig: Figure, dpi: int = 80) -> bytes:
-    """Render a figure to PNG bytes (Agg, no pyplot): what the explorer's image shows."""
+def figure_to_png(fig: Figure, dpi: int = 80, colors: int | None = 256) -> bytes:
+    """Render a figure to PNG bytes (Agg, no pyplot).
+
+    ``colors`` reduces the image to a palette of that many colours (None keeps full RGB):
+    RefShapes backgrounds carry per-pixel noise, which PNG compresses poorly, and a
+    256-colour palette makes the file 3-4 times smaller with no visible change.
+    """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
+    if colors is None:
+        return buf.getvalue()
+    from PIL import Image
+
+    buf.seek(0)
+    img = Image.open(buf).convert("RGB").quantize(colors, method=Image.Quantize.FASTOCTREE)
+    out = io.BytesIO()
+    img.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 100, colors: int | None = 256) -> Path:
+    """Write ``fig`` as a (palette, see :func:`figure_to_png`) PNG, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(figure_to_png(fig, dpi=dpi, colors=colors))
+    return path
