@@ -26,7 +26,14 @@ from rislib.tables import (
     render_markdown,
     select,
 )
-from rislib.tables.ablations import ABLATION_ROWS, floor_miou, floor_results, group_ablation_results, row_name
+from rislib.tables.ablations import (
+    ABLATION_ROWS,
+    floor_miou,
+    floor_results,
+    group_ablation_results,
+    row_name,
+    verdicts_markdown,
+)
 from rislib.tables.results import ResultFileError, read_result
 
 PAPERS_MD = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "papers.md"
@@ -55,6 +62,9 @@ PAPERS_MD = Path(__file__).resolve().parents[1].parent / "shared" / "reference" 
         ("CARIS", "refcoco", "testA", "oIoU", {"variant": "reproduced by MaskRIS †"}, 77.63),
         ("LTS", "grefcoco", "testA", "cIoU", {"variant": "re-trained by GRES"}, 61.87),
         ("MattNet", "grefcoco", "val", "cIoU", {}, 47.51),
+        ("ReLA", "grefcoco", "val", "cIoU", {"variant": "ResNet-50"}, 39.53),
+        ("MagNet", "arefcoco", "n/r", "oIoU", {}, 54.4),
+        ("MagNet", "arefcoco", "n/r", "P@0.9", {}, 29.9),
     ],
 )
 def test_spot_values_from_papers_md(method, dataset, split, metric, kw, expected):
@@ -353,8 +363,11 @@ def test_claims_are_judged_from_paired_per_sample_results(tmp_path: Path):
     assert {r.model for r in floor} == {"largest_object"}
     assert floor_miou(floor) == pytest.approx(90.0)
     low = {v.claim.row: v for v in judge_claims(group_ablation_results(results), floor=floor_miou(floor), n_boot=50)}
-    assert low["maris-use_vga-false"].verdict == "below floor"
+    assert low["maris-use_vga-false"].verdict == "holds" and low["maris-use_vga-false"].below_floor
+    assert low["maris-use_vga-false"].label == "holds, below floor"
     assert low["maris-use_vga-false"].full_mIoU == pytest.approx(65.0)
+    assert not verdicts["maris-use_vga-false"].below_floor  # no floor given
+    assert "**reversed, below floor**" in verdicts_markdown(list(low.values()))
 
 
 def test_ablation_rows_cover_every_claim_with_real_config_fields():

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .ablations import (
+    ABLATION_ROWS,
     TEST_SPLITS,
     ClaimVerdict,
     floor_miou,
@@ -32,6 +33,7 @@ from .ablations import (
     group_ablation_results,
     judge_claims,
     results_markdown,
+    row_name,
     verdicts_markdown,
 )
 from .compare import Comparison, compare
@@ -257,9 +259,12 @@ def reproduced_table(reproduced: Sequence[ReproducedResult]) -> str:
     return "\n".join(lines)
 
 
-def refshapes_table(reproduced: Sequence[ReproducedResult]) -> str:
-    """RefShapes / gRefShapes results: one row per run (model, preset, ablation), mIoU and oIoU per split."""
-    synth = [r for r in reproduced if r.dataset in SYNTHETIC]
+def refshapes_table(reproduced: Sequence[ReproducedResult], *, ablations: bool = True) -> str:
+    """RefShapes / gRefShapes results: one row per run (model, preset, ablation), mIoU and oIoU per split.
+
+    ``ablations=False`` leaves out the ablation runs (shown in their own table).
+    """
+    synth = [r for r in reproduced if r.dataset in SYNTHETIC and (ablations or "ablation" not in r.info)]
     if not synth:
         return "None yet."
     splits = [s for s in ("val", "testA", "testB", "testC") if any(r.split == s for r in synth)]
@@ -362,7 +367,7 @@ def render_markdown(
         "",
         "## RefShapes (this course's synthetic benchmark: no paper reports on it)",
         "",
-        refshapes_table(reproduced),
+        refshapes_table(reproduced, ablations=not grouped),
     ]
     if grouped:
         parts += [
@@ -488,6 +493,27 @@ def plot_comparisons(comparisons: Sequence[Comparison], *, path: str | os.PathLi
     return _save(fig, path)
 
 
+_SHORT = {
+    "use_vga": "VGA",
+    "use_lga": "LGA",
+    "use_mm_query": "MM query",
+    "use_feedback": "feedback",
+    "use_mask_grounding": "MG",
+    "use_alignment_loss": "CAL",
+    "use_position_prior": "prior",
+}
+
+
+def _short_row(name: str) -> str:
+    """``"magnet-use_mask_grounding-false"`` -> ``"no MG"``; ``"maris-full"`` -> ``"full"``."""
+    rest = name.split("-", 1)[1] if "-" in name else name
+    if rest == "full":
+        return rest
+    parts = rest.split("-")
+    pairs = zip(parts[::2], parts[1::2])
+    return ", ".join(f"no {_SHORT.get(k, k)}" if v == "false" else f"{_SHORT.get(k, k)}={v}" for k, v in pairs)
+
+
 def plot_ablations(
     grouped: Mapping[str, Mapping[str, ReproducedResult]],
     verdicts: Sequence[ClaimVerdict] = (),
@@ -504,13 +530,14 @@ def plot_ablations(
     models = [m for m in ("maris", "haris", "magnet", "lts") if m in by_model] + sorted(
         m for m in by_model if m not in ("maris", "haris", "magnet", "lts")
     )
-    verdict_of = {v.claim.row: v.verdict for v in verdicts}
+    verdict_of = {v.claim.row: v.label.replace(", ", ",\n") for v in verdicts}
     best_floor = {s: max((r.value("mIoU") or 0.0 for r in floor if r.split == s), default=None) for s in splits}
     fig, axes = plt.subplots(1, max(1, len(models)), figsize=(3.2 * max(1, len(models)), 3.4), sharey=True,
                              squeeze=False)  # fmt: skip
     shades = ["#0072B2", "#E69F00", "#009E73"]
+    order = [row_name(m, o) for m, o in ABLATION_ROWS]
     for ax, model in zip(axes[0], models):
-        names = sorted(by_model[model], key=lambda n: (not n.endswith("-full"), n))
+        names = sorted(by_model[model], key=lambda n: (order.index(n) if n in order else len(order), n))
         width = 0.8 / len(splits)
         for k, s in enumerate(splits):
             vals = [grouped[n].get(s).value("mIoU") if grouped[n].get(s) else 0.0 for n in names]
@@ -518,14 +545,18 @@ def plot_ablations(
                    color=shades[k % len(shades)], label=s)  # fmt: skip
             if best_floor.get(s) is not None:
                 ax.axhline(best_floor[s], color=shades[k % len(shades)], linestyle="--", linewidth=0.8)
-        ticks = [n.split("-", 1)[1].replace("use_", "no ").replace("-false", "") for n in names]
-        ticks = [t + (f"\n({verdict_of[n]})" if n in verdict_of else "") for t, n in zip(ticks, names)]
+        ticks = [_short_row(n) + (f"\n({verdict_of[n]})" if n in verdict_of else "") for n in names]
         ax.set_xticks(range(len(names)), ticks, fontsize=7)
         ax.set_title(model)
+        if all((grouped[n].get(s).value("mIoU") or 0.0) == 0.0 for n in names for s in splits if grouped[n].get(s)):
+            ax.text(0.5, 0.5, "no foreground predicted\n(mIoU 0 in every run)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8, color="#555555")  # fmt: skip
     axes[0][0].set_ylabel("mIoU (%)")
-    axes[0][0].legend(fontsize=7, frameon=False, title="split (dashed: best heuristic)", title_fontsize=7)
-    fig.suptitle("RefShapes ablations, CPU tiny-scale runs (one seed)", fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, frameon=False, loc="upper right", ncol=len(splits),
+               title="test split (dashed line: best expression-blind heuristic)", title_fontsize=7)  # fmt: skip
+    fig.suptitle("RefShapes ablations, CPU tiny-scale runs (one seed)", fontsize=10, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     return _save(fig, path)
 
 

@@ -78,7 +78,9 @@ class ReproducedResult:
 
     @property
     def label(self) -> str:
-        """``"rislib magnet/paper"`` (+ the ablation when there is one)."""
+        """``"rislib magnet/paper"`` (+ the ablation when there is one); heuristics by name."""
+        if self.info.get("kind") == "predictor":
+            return f"{self.model} (heuristic)"
         base = f"rislib {self.model}/{self.preset}"
         return base if not self.ablation else f"{base} [{self.ablation_label}]"
 
