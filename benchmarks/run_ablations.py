@@ -1,0 +1,344 @@
+"""RefShapes ablations of the four seed methods, at a tiny CPU scale.
+
+For each row of :data:`rislib.tables.ablations.ABLATION_ROWS` (MARIS full / ``use_vga=False`` /
+``use_lga=False`` / ``use_mm_query=False``; HARIS full / ``use_feedback=False``; MagNet full /
+``use_mask_grounding=False`` / ``use_alignment_loss=False``; LTS full /
+``use_position_prior=False``) this script trains the ``tiny`` preset with the ``cpu`` recipe of
+:mod:`rislib.engine.recipes` -- the same seed, data, image size, batch size and number of
+steps for every row -- then scores testA (attribute words), testB (spatial words) and testC
+(unseen colour-shape pairs) with :func:`rislib.engine.evaluator.evaluate`. It writes
+
+* ``<out>/<row>/<model>_tiny_refshapes_<split>.json`` (+ the per-sample ``.csv``): evaluator
+  results recording the row's ``ablation`` (the overrides; ``{}`` for the full model);
+* ``<out>/<row>/train.json``: the training record (steps, minutes, first and last loss);
+* ``<out>/floor/``: the expression-blind heuristics on the same splits (the floor);
+* ``<out>/summary.md``: every run, and for each paper's claim whether its direction holds
+  here (paired bootstrap over test sentences, :mod:`rislib.tables.ablations`);
+* ``figures/09_refshapes_ablations.png``.
+
+This is a CPU tiny-scale study: it shrinks the planned GPU study (``refshapes`` recipe:
+256 px, batch 64, 6,000 steps, several seeds) to what two shared CPU cores do in about 40
+minutes. With one seed and a few hundred steps, differences of a few points are within
+run-to-run noise; the summary says so next to every verdict.
+
+Usage::
+
+    python benchmarks/run_ablations.py                   # every row (skips rows already done)
+    python benchmarks/run_ablations.py --rows maris-full maris-use_vga-false --force
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rislib.data import RISDataset, generate_refshapes, open_source
+from rislib.engine.evaluator import evaluate
+from rislib.engine.heuristics import available as heuristic_names
+from rislib.engine.heuristics import build_heuristic
+from rislib.engine.recipes import get_recipe
+from rislib.engine.trainer import Trainer
+from rislib.models import build_model
+from rislib.tables.ablations import (
+    ABLATION_ROWS,
+    TEST_SPLITS,
+    floor_miou,
+    floor_results,
+    group_ablation_results,
+    judge_claims,
+    results_markdown,
+    row_name,
+    verdicts_markdown,
+)
+from rislib.tables.render import plot_ablations
+from rislib.tables.results import load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(ROOT / "data" / "refshapes_ablations"), help="RefShapes root (generated)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ablations"), help="results folder")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "ablations"), help="training run folders")
+    p.add_argument("--figure", default=str(ROOT / "figures" / "09_refshapes_ablations.png"))
+    p.add_argument("--image-size", type=int, default=64, help="generated and network image side")
+    p.add_argument("--train-images", type=int, default=600)
+    p.add_argument("--test-images", type=int, default=100, help="images per test split")
+    p.add_argument("--steps", type=int, default=120, help="optimiser steps per row")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--rows", nargs="*", default=None, help="row names to run (default: all)")
+    p.add_argument("--force", action="store_true", help="re-run rows whose results exist")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def setting(args: argparse.Namespace) -> dict[str, Any]:
+    """What every row shares (recorded in every file, compared before a row is skipped)."""
+    return {
+        "scale": "CPU tiny-scale",
+        "preset": "tiny",
+        "recipe": "cpu",
+        "image_size": args.image_size,
+        "train_images": args.train_images,
+        "test_images": args.test_images,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "warmup": "the cpu recipe's 100 of 1,500 steps, scaled to the run length",
+    }
+
+
+def ensure_data(args: argparse.Namespace) -> None:
+    root = Path(args.data)
+    if (root / "refshapes" / "instances.json").is_file():
+        return
+    counts = {"train": args.train_images, **{s: args.test_images for s in TEST_SPLITS}}
+    print(f"generating RefShapes in {root} ({counts}, {args.image_size} px) ...", flush=True)
+    generate_refshapes(root, seed=args.seed, size=args.image_size, counts=counts, workers=0,
+                       progress=not args.no_progress)  # fmt: skip
+
+
+def warmup_steps(recipe: Any, steps: int) -> int:
+    """The recipe's warm-up as the same fraction of a shorter run (100 of 1,500 steps -> 1/15)."""
+    return max(1, round(recipe.warmup_steps * steps / recipe.steps)) if recipe.steps else recipe.warmup_steps
+
+
+def done(out: Path, model: str, shared: dict[str, Any]) -> bool:
+    files = [out / f"{model}_tiny_refshapes_{s}.json" for s in TEST_SPLITS]
+    if not all(f.is_file() for f in files):
+        return False
+    return all(json.loads(f.read_text()).get("setting") == shared for f in files)
+
+
+def run_row(model_name: str, overrides: dict[str, Any], args: argparse.Namespace, source: Any) -> bool:
+    """Train and score one row; ``False`` when its results already exist (skipped)."""
+    shared = setting(args)
+    name = row_name(model_name, overrides)
+    out = Path(args.out) / name
+    if not args.force and done(out, model_name, shared):
+        print(f"{name}: results exist, skipped", flush=True)
+        return False
+    recipe = get_recipe(model_name, "cpu")
+    torch.manual_seed(args.seed)
+    model = build_model(model_name, "tiny", **{**recipe.model_overrides(), "image_size": args.image_size},
+                        **overrides)  # fmt: skip
+    train = RISDataset(source, "train", mode="train", image_size=args.image_size, hflip=recipe.hflip, seed=args.seed)
+    cfg = recipe.train_config(
+        out_dir=str(Path(args.runs) / name),
+        steps=args.steps,
+        warmup_steps=warmup_steps(recipe, args.steps),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device="cpu",
+        workers=0,
+        log_every=10,
+        progress=not args.no_progress,
+        tensorboard=False,
+        run_info={"dataset": "refshapes", "preset": "tiny", "ablation": overrides},
+    )
+    size = f"{model.num_parameters() / 1e6:.2f} M parameters"
+    print(f"{name}: {size}, {args.steps} steps x {args.batch_size}", flush=True)
+    start = time.perf_counter()
+    trainer = Trainer(model, cfg, train_dataset=train)
+    result = trainer.fit()
+    minutes = (time.perf_counter() - start) / 60
+    losses = [r["loss/total"] for r in result.history if r.get("kind") == "train"]
+    record = {
+        "row": name,
+        "model": model_name,
+        "ablation": overrides,
+        "setting": shared,
+        "parameters": model.num_parameters(),
+        "train_minutes": round(minutes, 2),
+        "samples_per_s": result.summary.get("samples_per_s"),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "recipe_source": recipe.source,
+        "device": f"cpu ({platform.machine()}), {torch.get_num_threads()} thread(s)",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
+    for split in TEST_SPLITS:
+        data = RISDataset(source, split, mode="eval", image_size=args.image_size)
+        info = {"ablation": overrides, "setting": shared, "train_minutes": round(minutes, 2)}
+        res = evaluate(trainer.eval_model, data, batch_size=32, protocol="original", device="cpu",
+                       progress=not args.no_progress, out_dir=out, run_info=info)  # fmt: skip
+        print(f"  {split}: mIoU {res.metrics['mIoU']:.2f}, oIoU {res.metrics['oIoU']:.2f}", flush=True)
+    return True
+
+
+def run_floor(args: argparse.Namespace, source: Any) -> None:
+    out = Path(args.out) / "floor"
+    shared = setting(args)
+    for name in heuristic_names():
+        if not args.force and done_floor(out, name, shared):
+            continue
+        predictor = build_heuristic(name, source)
+        for split in TEST_SPLITS:
+            data = RISDataset(source, split, mode="eval", image_size=args.image_size)
+            evaluate(predictor, data, batch_size=32, protocol="original", progress=False, out_dir=out,
+                     run_info={"setting": shared})  # fmt: skip
+
+
+def done_floor(out: Path, name: str, shared: dict[str, Any]) -> bool:
+    files = list(out.glob(f"{name}_*_refshapes_*.json"))
+    return len(files) == len(TEST_SPLITS) and all(json.loads(f.read_text()).get("setting") == shared for f in files)
+
+
+def floor_markdown(out: Path) -> str:
+    rows: dict[str, dict[str, Any]] = {}
+    for r in load_results(out):
+        rows.setdefault(r.model, {})[r.split] = r
+    head = "| heuristic | " + " | ".join(f"{s} mIoU | {s} oIoU" for s in TEST_SPLITS) + " |"
+    lines = [head, "|" + "---|" * (1 + 2 * len(TEST_SPLITS))]
+    for model, by_split in rows.items():
+        cells = []
+        for s in TEST_SPLITS:
+            r = by_split.get(s)
+            cells += [f"{r.value('mIoU'):.2f}" if r else "–", f"{r.value('oIoU'):.2f}" if r else "–"]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def notes(verdicts: list[Any]) -> list[str]:
+    """Plain-language remarks the numbers call for (a degenerate run, the floor)."""
+    out = []
+    below = [v for v in verdicts if v.below_floor]
+    if below and len(below) == len([v for v in verdicts if v.verdict != "missing"]):
+        out.append(
+            f"- No full model beats the best expression-blind heuristic (pooled mIoU {below[0].floor_mIoU:.2f}) at "
+            "this budget: every direction above is that of an undertrained model."
+        )
+    for v in verdicts:
+        if v.verdict != "missing" and v.full_mIoU is not None and v.full_mIoU == 0.0:
+            out.append(
+                f"- {v.claim.model}: the full model predicts no foreground on any test sentence after this budget "
+                "(mIoU 0), so this claim cannot be tested here."
+            )
+    return [*out, ""] if out else []
+
+
+def write_summary(args: argparse.Namespace) -> Path:
+    out = Path(args.out)
+    run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    wall_minutes = run.get("wall_minutes")
+    results = load_results(out)
+    grouped = group_ablation_results(results)
+    floor = floor_results(results)
+    verdicts = judge_claims(grouped, floor=floor_miou(floor))
+    shared = setting(args)
+    train_records = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/train.json"))}
+    minutes = sum(r["train_minutes"] for r in train_records.values())
+    eval_minutes = sum(float(r.info.get("seconds") or 0.0) for r in results) / 60
+    counts = {v.label: 0 for v in verdicts}
+    for v in verdicts:
+        counts[v.label] += 1
+    lines = [
+        "# RefShapes ablations (CPU tiny-scale runs)",
+        "",
+        "Written by `python benchmarks/run_ablations.py`; read by `python -m rislib tables` and notebook 09.",
+        "",
+        "**Scale.** Every row trains the `tiny` preset with the `cpu` recipe (AdamW, lr 1e-3, weight decay 0.01, "
+        "cosine decay after a linear warm-up over the first 1/15 of the steps as in the recipe, gradient clipping "
+        f"1.0, horizontal flips) for **{shared['steps']} steps of batch {shared['batch_size']}** (the recipe: 1,500 "
+        f"of 16) at **{shared['image_size']} px** (the recipe: 128) on RefShapes ({shared['train_images']} "
+        f"training images, {shared['test_images']} images per test split), seed {shared['seed']}, one CPU thread. "
+        "The issue planned this study on a GPU (the `refshapes` recipe: 256 px, batch 64, 6,000 steps, small "
+        "presets, several seeds); no GPU was available, so these are CPU tiny-scale runs with one seed, "
+        f"about {shared['steps'] * shared['batch_size']:,} training samples per row "
+        f"(training took {minutes:.1f} minutes and evaluation {eval_minutes:.1f} minutes in all"
+        + (f"; the whole script {wall_minutes:.1f} minutes" if wall_minutes is not None else "")
+        + (f", load average {run['load_average']:.1f}" if run.get("load_average") is not None else "")
+        + ", on 2 CPU cores shared with other work). Treat every number as a smoke test of the switches, "
+        "not as evidence about the papers.",
+        "",
+        "**How a claim is judged.** The papers' ablation tables could not be read (papers.md 2.3, 3.5, 4.6, 5.3), "
+        "so the claim is the direction their abstracts state: the full model beats the model without the "
+        "component. Δ = full − ablated, in points, on the same test sentences (testA: attribute words, testB: "
+        "spatial words, testC: unseen colour-shape pairs). The 95% interval is a paired bootstrap over the pooled "
+        "test sentences (2,000 resamples): **holds** when it lies above 0, **reversed** when below 0, otherwise "
+        "**inconclusive**. The interval covers the choice of test sentences only, not training noise: with one "
+        "seed a 'holds' or 'reversed' can still flip on another seed. **below floor** marks a claim whose full "
+        "model does not beat the best expression-blind heuristic on the same sentences (the heuristics pick a "
+        "whole annotated object, so they get exact masks for free): such a model has not yet learned to use the "
+        "expression, and its ablation says little about a trained model.",
+        "",
+        "## Claims",
+        "",
+        verdicts_markdown(verdicts),
+        "",
+        "Verdicts: " + "; ".join(f"{n} x {k}" for k, n in counts.items()) + ".",
+        "",
+        *notes(verdicts),
+        "## Every run (mIoU / oIoU, original-resolution protocol)",
+        "",
+        results_markdown(grouped),
+        "",
+        "## Floor: expression-blind heuristics on the same splits",
+        "",
+        floor_markdown(out / "floor"),
+        "",
+        "## Training records",
+        "",
+        "| run | parameters | minutes | samples/s | first loss | last loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in train_records.items():
+        sps = r.get("samples_per_s")
+        lines.append(
+            f"| {name} | {r['parameters'] / 1e6:.2f} M | {r['train_minutes']:.1f} | "
+            f"{sps:.1f} | {r['first_loss']:.3f} | {r['last_loss']:.3f} |"
+            if sps is not None and r["first_loss"] is not None
+            else f"| {name} | {r['parameters'] / 1e6:.2f} M | {r['train_minutes']:.1f} | – | – | – |"
+        )
+    lines.append("")
+    path = out / "summary.md"
+    path.write_text("\n".join(lines))
+    plot_ablations(grouped, verdicts, path=args.figure, floor=floor)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    ensure_data(args)
+    source = open_source(args.data, "refshapes")
+    rows = [(m, dict(o)) for m, o in ABLATION_ROWS]
+    if args.rows:
+        known = {row_name(m, o) for m, o in rows}
+        unknown = sorted(set(args.rows) - known)
+        if unknown:
+            print(f"unknown row(s) {unknown}; rows: {sorted(known)}", file=sys.stderr)
+            return 2
+        rows = [(m, o) for m, o in rows if row_name(m, o) in args.rows]
+    run_floor(args, source)
+    ran = sum(run_row(model_name, overrides, args, source) for model_name, overrides in rows)
+    wall = (time.perf_counter() - start) / 60
+    if not args.rows and ran == len(ABLATION_ROWS):  # the whole study ran in this invocation: record its time
+        record = {
+            "wall_minutes": round(wall, 1),
+            "cpu_minutes": round(time.process_time() / 60, 1),
+            "load_average": os.getloadavg()[0],
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "setting": setting(args),
+        }
+        (Path(args.out) / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    path = write_summary(args)
+    print(f"wrote {path} ({wall:.1f} minutes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
