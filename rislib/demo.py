@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import textwrap
 import time
@@ -61,7 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoints", default="benchmarks/checkpoints", help="folder of shipped checkpoints")
     p.add_argument("--eval-limit", type=int, default=None, help="score only the first N sentences of each split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's, fewer when other processes busy the CPU)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -235,6 +237,20 @@ def estimate_steps(model: Any, dataset: Any, *, batch_size: int, minutes: float,
 
 
 # ---- the command ------------------------------------------------------------------------------
+def _free_threads() -> int:
+    """torch's default thread count, lowered to the cores other processes leave free.
+
+    Two threads fighting other processes for two cores run several times slower than one
+    (each waits for the other at every parallel region), so on a busy machine use fewer.
+    """
+    default = torch.get_num_threads()
+    try:
+        free = (os.cpu_count() or default) - os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return default
+    return max(1, min(default, int(free + 0.5)))
+
+
 def _pick_items(datasets: dict[str, Any], per_split: int = 2) -> list[dict[str, Any]]:
     items = []
     for split, ds in datasets.items():
@@ -269,8 +285,9 @@ def main(args: argparse.Namespace) -> int:
     from .viz import apply_style
 
     apply_style()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or _free_threads()
+    torch.set_num_threads(threads)
+    print(f"using {threads} CPU thread(s)")
     t_start = time.perf_counter()
     data = Path(args.data)
     counts = parse_counts(args.counts) or DEMO_COUNTS

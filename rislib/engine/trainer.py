@@ -75,7 +75,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_weights
 from ..models.base import RISModel
 from ..models.registry import save_model
-from ..types import Batch
+from ..types import Batch, TextInput
 from .distributed import (
     DistContext,
     EpochIndexedDataset,
@@ -384,6 +384,20 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+class _TokenizingCollate:
+    """Collate, then tokenise the expressions with the model's tokenizer (in the DataLoader
+    workers, so the training step receives token ids and ``torch.compile`` sees tensors only)."""
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Batch], tokenizer: Any) -> None:
+        self.collate_fn, self.tokenizer = collate_fn, tokenizer
+
+    def __call__(self, items: list[Any]) -> Batch:
+        batch = self.collate_fn(items)
+        if isinstance(batch.text, TextInput):
+            return batch
+        return dataclasses.replace(batch, text=self.tokenizer(list(batch.text)))
+
+
 def _default_collate(items: list[Any]) -> Batch:
     try:
         from ..data import collate_batch
@@ -687,6 +701,9 @@ class Trainer:
 
     # ---- one optimiser step ------------------------------------------------------------
     def _prepare(self, batch: Batch) -> Batch:
+        """Tokenise raw text (once, outside any compiled graph) and move the batch to the device."""
+        if not isinstance(batch.text, TextInput):
+            batch = dataclasses.replace(batch, text=self.model.tokenizer(list(batch.text)))
         batch = batch.to(self.device, non_blocking=self.device.type == "cuda")
         if self.config.channels_last:
             batch = dataclasses.replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
@@ -785,7 +802,7 @@ class Trainer:
             EpochIndexedDataset(self.train_dataset),
             batch_size=self.micro_batch_size,
             sampler=self.sampler,
-            collate_fn=self.collate_fn,
+            collate_fn=_TokenizingCollate(self.collate_fn, self.model.tokenizer),
             num_workers=workers,
             pin_memory=cuda,
             persistent_workers=workers > 0,
