@@ -42,12 +42,13 @@ interpretation):
   (target 1 when the expression has a referent) + BCE + Dice on the mask logits (upsampled to
   the target size), weights 2 / 5 / 5, summed over predictions (Mask2Former's recipe).
 * ``L_MG`` (Mask Grounding, :mod:`rislib.fusion.mask_grounding`): cross-entropy over the
-  vocabulary on masked positions only. ``mg_mode="shared"`` runs *one* forward pass with the
-  masked expression (segmentation is trained on it too, BERT-style corruption as text
-  augmentation); ``"separate"`` runs the segmentation pass on the clean expression and a
-  second full encoder pass on the masked one (twice the encoder cost). In both, the visual
-  features the predictor reads were computed with the *masked* expression, so the masked word
-  cannot leak into them through the fusions.
+  vocabulary on masked positions only. ``mg_mode="separate"`` (default) segments with the
+  clean expression, as papers.md 7.3 proposes, and runs a second encoder pass, vision and
+  language both, with the masked one for the predictor: the visual stream fuses words at
+  every stage, so visual features computed with the clean expression could carry the masked
+  word and make its prediction trivial. The price is twice the encoder cost in training.
+  ``"shared"`` runs one pass with the masked expression for both tasks (no extra cost;
+  segmentation then also learns from corrupted expressions, BERT-style noise).
 * ``L_CAL`` (Cross-modal Alignment Loss, :mod:`rislib.losses`): pixel-to-text BCE between
   the mask features and ``lang_proj(sentence)`` (temperature 0.07) + pixel-to-pixel
   supervised contrastive loss; the sentence is the masked mean of the final word features.
@@ -170,7 +171,7 @@ class MagNetConfig(ModelConfig):
     decoder_groups: int = 8
     class_gate: bool = True
     use_mask_grounding: bool = True
-    mg_mode: str = "shared"
+    mg_mode: str = "separate"
     mg_ratio: float = 0.15
     mg_layers: int = 2
     mg_heads: int = 4
@@ -197,6 +198,9 @@ class MagNetStageFusion(nn.Module):
 
     Shapes: ``x [B, h, w, C]`` (timm's channels-last stage output), ``words [B, N, D]``,
     ``word_mask [B, N]`` -> ``(out [B, C, h, w], x_next [B, h, w, C], words_next [B, N, D])``.
+
+    After the last stage nothing reads ``x_next``, so that stage's ``image_gate`` never gets a
+    gradient; the official model has the same unused gate, kept here for parameter parity.
     """
 
     def __init__(
@@ -237,7 +241,7 @@ class _Encoded:
     words: Tensor  # [B, N, D] after the last language fusion
 
 
-def _paper_presets() -> dict[str, MagNetConfig]:
+def _presets() -> dict[str, MagNetConfig]:
     tiny = MagNetConfig()
     small = MagNetConfig(
         image_size=256,
@@ -279,7 +283,7 @@ def _paper_presets() -> dict[str, MagNetConfig]:
 @register_model(
     "magnet",
     config_cls=MagNetConfig,
-    presets=_paper_presets(),
+    presets=_presets(),
     summary="MagNet (CVPR 2024): LAVT-style Swin+BERT interleaving with bidirectional PWAM fusion, CAM, "
     "Mask2Former decoder with one query; Mask Grounding and alignment losses at training time",
 )
