@@ -8,7 +8,7 @@ For each row of :data:`rislib.tables.ablations.ABLATION_ROWS` (MARIS full / ``us
 steps for every row -- then scores testA (attribute words), testB (spatial words) and testC
 (unseen colour-shape pairs) with :func:`rislib.engine.evaluator.evaluate`. It writes
 
-* ``<out>/<row>/<model>_tiny_refshapes_<split>.json`` (+ the per-sample ``.csv``): evaluator
+* ``<out>/<row>/<model>_<preset>_refshapes_<split>.json`` (+ the per-sample ``.csv``): evaluator
   results recording the row's ``ablation`` (the overrides; ``{}`` for the full model);
 * ``<out>/<row>/train.json``: the training record (steps, minutes, first and last loss);
 * ``<out>/floor/``: the expression-blind heuristics on the same splits (the floor);
@@ -69,13 +69,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=str(ROOT / "data" / "refshapes_ablations"), help="RefShapes root (generated)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ablations"), help="results folder")
     p.add_argument("--runs", default=str(ROOT / "runs" / "ablations"), help="training run folders")
-    p.add_argument("--figure", default=str(ROOT / "figures" / "09_refshapes_ablations.png"))
+    p.add_argument("--figure", default=None, help="default: figures/09_refshapes_<name of --out>.png")
     p.add_argument("--image-size", type=int, default=64, help="generated and network image side")
     p.add_argument("--train-images", type=int, default=600)
     p.add_argument("--test-images", type=int, default=100, help="images per test split")
     p.add_argument("--steps", type=int, default=120, help="optimiser steps per row")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="tiny", help="model preset (tiny on the CPU; small for the GPU plan)")
+    p.add_argument("--recipe", default="cpu", choices=("cpu", "refshapes"), help="training recipe")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--rows", nargs="*", default=None, help="row names to run (default: all)")
     p.add_argument("--force", action="store_true", help="re-run rows whose results exist")
@@ -87,8 +90,8 @@ def setting(args: argparse.Namespace) -> dict[str, Any]:
     """What every row shares (recorded in every file, compared before a row is skipped)."""
     return {
         "scale": "CPU tiny-scale",
-        "preset": "tiny",
-        "recipe": "cpu",
+        "preset": args.preset,
+        "recipe": args.recipe,
         "image_size": args.image_size,
         "train_images": args.train_images,
         "test_images": args.test_images,
@@ -115,7 +118,7 @@ def warmup_steps(recipe: Any, steps: int) -> int:
 
 
 def done(out: Path, model: str, shared: dict[str, Any]) -> bool:
-    files = [out / f"{model}_tiny_refshapes_{s}.json" for s in TEST_SPLITS]
+    files = [out / f"{model}_{shared['preset']}_refshapes_{s}.json" for s in TEST_SPLITS]
     if not all(f.is_file() for f in files):
         return False
     return all(json.loads(f.read_text()).get("setting") == shared for f in files)
@@ -129,9 +132,9 @@ def run_row(model_name: str, overrides: dict[str, Any], args: argparse.Namespace
     if not args.force and done(out, model_name, shared):
         print(f"{name}: results exist, skipped", flush=True)
         return False
-    recipe = get_recipe(model_name, "cpu")
+    recipe = get_recipe(model_name, args.recipe)
     torch.manual_seed(args.seed)
-    model = build_model(model_name, "tiny", **{**recipe.model_overrides(), "image_size": args.image_size},
+    model = build_model(model_name, args.preset, **{**recipe.model_overrides(), "image_size": args.image_size},
                         **overrides)  # fmt: skip
     train = RISDataset(source, "train", mode="train", image_size=args.image_size, hflip=recipe.hflip, seed=args.seed)
     cfg = recipe.train_config(
@@ -140,12 +143,12 @@ def run_row(model_name: str, overrides: dict[str, Any], args: argparse.Namespace
         warmup_steps=warmup_steps(recipe, args.steps),
         batch_size=args.batch_size,
         seed=args.seed,
-        device="cpu",
+        device=args.device,
         workers=0,
         log_every=10,
         progress=not args.no_progress,
         tensorboard=False,
-        run_info={"dataset": "refshapes", "preset": "tiny", "ablation": overrides},
+        run_info={"dataset": "refshapes", "preset": args.preset, "ablation": overrides},
     )
     size = f"{model.num_parameters() / 1e6:.2f} M parameters"
     print(f"{name}: {size}, {args.steps} steps x {args.batch_size}", flush=True)
@@ -165,14 +168,18 @@ def run_row(model_name: str, overrides: dict[str, Any], args: argparse.Namespace
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "recipe_source": recipe.source,
-        "device": f"cpu ({platform.machine()}), {torch.get_num_threads()} thread(s)",
+        "device": (
+            f"cpu ({platform.machine()}), {torch.get_num_threads()} thread(s)"
+            if trainer.device.type == "cpu"
+            else str(result.summary.get("device"))
+        ),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
     for split in TEST_SPLITS:
         data = RISDataset(source, split, mode="eval", image_size=args.image_size)
         info = {"ablation": overrides, "setting": shared, "train_minutes": round(minutes, 2)}
-        res = evaluate(trainer.eval_model, data, batch_size=32, protocol="original", device="cpu",
+        res = evaluate(trainer.eval_model, data, batch_size=32, protocol="original", device=trainer.device,
                        progress=not args.no_progress, out_dir=out, run_info=info)  # fmt: skip
         print(f"  {split}: mIoU {res.metrics['mIoU']:.2f}, oIoU {res.metrics['oIoU']:.2f}", flush=True)
     return True
@@ -211,6 +218,38 @@ def floor_markdown(out: Path) -> str:
     return "\n".join(lines)
 
 
+def scale_paragraph(
+    shared: dict[str, Any], devices: list[str], minutes: float, eval_minutes: float, run: dict[str, Any]
+) -> str:
+    """The setting of the study in words, with how it differs from the recipe and from the GPU plan."""
+    recipe = get_recipe("lts", shared["recipe"])  # the cpu and refshapes recipes are the same for every method
+    warmup = f"1/{round(recipe.steps / recipe.warmup_steps)}" if recipe.steps and recipe.warmup_steps else "none"
+    text = (
+        f"**Scale.** Every row trains the `{shared['preset']}` preset with the `{recipe.name}` recipe (AdamW, lr "
+        f"{recipe.lr:g}, weight decay {recipe.weight_decay:g}, {recipe.schedule} decay after a linear warm-up over "
+        f"the first {warmup} of the steps as in the recipe, gradient clipping {recipe.grad_clip:g}, horizontal "
+        f"flips) for **{shared['steps']:,} steps of batch {shared['batch_size']}** (the recipe: {recipe.steps:,} of "
+        f"{recipe.batch_size}) at **{shared['image_size']} px** (the recipe: {recipe.image_size}) on RefShapes "
+        f"({shared['train_images']:,} training images, {shared['test_images']:,} images per test split), seed "
+        f"{shared['seed']}, on {', '.join(devices)}: about {shared['steps'] * shared['batch_size']:,} training "
+        f"samples per row (training took {minutes:.1f} minutes and evaluation {eval_minutes:.1f} minutes in all"
+        + (f"; the whole script {run['wall_minutes']:.1f} minutes" if run.get("wall_minutes") is not None else "")
+        + (f", load average {run['load_average']:.1f}" if run.get("load_average") is not None else "")
+        + ")."
+    )
+    if shared["recipe"] == "cpu":
+        text += (
+            " The issue planned this study on a GPU (the `refshapes` recipe: 256 px, batch 64, 6,000 steps, small "
+            "presets, several seeds); no GPU was available, so these are CPU tiny-scale runs with one seed, on 2 "
+            "CPU cores shared with other work. Treat every number as a smoke test of the switches, not as "
+            "evidence about the papers. The GPU plan is `python benchmarks/run_ablations.py --device cuda "
+            "--recipe refshapes --preset small --image-size 256 --steps 6000 --batch-size 64 --train-images 20000 "
+            "--test-images 1000 --data data/refshapes_ablations_256 --out benchmarks/results/ablations_gpu` (once "
+            "per seed with `--seed`)."
+        )
+    return text
+
+
 def notes(verdicts: list[Any]) -> list[str]:
     """Plain-language remarks the numbers call for (a degenerate run, the floor)."""
     out = []
@@ -232,7 +271,6 @@ def notes(verdicts: list[Any]) -> list[str]:
 def write_summary(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-    wall_minutes = run.get("wall_minutes")
     results = load_results(out)
     grouped = group_ablation_results(results)
     floor = floor_results(results)
@@ -241,27 +279,17 @@ def write_summary(args: argparse.Namespace) -> Path:
     train_records = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/train.json"))}
     minutes = sum(r["train_minutes"] for r in train_records.values())
     eval_minutes = sum(float(r.info.get("seconds") or 0.0) for r in results) / 60
+    devices = sorted({str(r.get("device")) for r in train_records.values()})
+    cpu_scale = shared["recipe"] == "cpu" and all(d.startswith("cpu") for d in devices)
     counts = {v.label: 0 for v in verdicts}
     for v in verdicts:
         counts[v.label] += 1
     lines = [
-        "# RefShapes ablations (CPU tiny-scale runs)",
+        "# RefShapes ablations" + (" (CPU tiny-scale runs)" if cpu_scale else f" ({shared['preset']} preset)"),
         "",
         "Written by `python benchmarks/run_ablations.py`; read by `python -m rislib tables` and notebook 09.",
         "",
-        "**Scale.** Every row trains the `tiny` preset with the `cpu` recipe (AdamW, lr 1e-3, weight decay 0.01, "
-        "cosine decay after a linear warm-up over the first 1/15 of the steps as in the recipe, gradient clipping "
-        f"1.0, horizontal flips) for **{shared['steps']} steps of batch {shared['batch_size']}** (the recipe: 1,500 "
-        f"of 16) at **{shared['image_size']} px** (the recipe: 128) on RefShapes ({shared['train_images']} "
-        f"training images, {shared['test_images']} images per test split), seed {shared['seed']}, one CPU thread. "
-        "The issue planned this study on a GPU (the `refshapes` recipe: 256 px, batch 64, 6,000 steps, small "
-        "presets, several seeds); no GPU was available, so these are CPU tiny-scale runs with one seed, "
-        f"about {shared['steps'] * shared['batch_size']:,} training samples per row "
-        f"(training took {minutes:.1f} minutes and evaluation {eval_minutes:.1f} minutes in all"
-        + (f"; the whole script {wall_minutes:.1f} minutes" if wall_minutes is not None else "")
-        + (f", load average {run['load_average']:.1f}" if run.get("load_average") is not None else "")
-        + ", on 2 CPU cores shared with other work). Treat every number as a smoke test of the switches, "
-        "not as evidence about the papers.",
+        scale_paragraph(shared, devices, minutes, eval_minutes, run),
         "",
         "**How a claim is judged.** The papers' ablation tables could not be read (papers.md 2.3, 3.5, 4.6, 5.3), "
         "so the claim is the direction their abstracts state: the full model beats the model without the "
@@ -305,7 +333,8 @@ def write_summary(args: argparse.Namespace) -> Path:
     lines.append("")
     path = out / "summary.md"
     path.write_text("\n".join(lines))
-    plot_ablations(grouped, verdicts, path=args.figure, floor=floor)
+    figure = args.figure or ROOT / "figures" / f"09_refshapes_{out.resolve().name}.png"
+    plot_ablations(grouped, verdicts, path=figure, floor=floor)
     return path
 
 

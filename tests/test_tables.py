@@ -28,6 +28,7 @@ from rislib.tables import (
 )
 from rislib.tables.ablations import (
     ABLATION_ROWS,
+    ablation_studies,
     floor_miou,
     floor_results,
     group_ablation_results,
@@ -368,6 +369,20 @@ def test_claims_are_judged_from_paired_per_sample_results(tmp_path: Path):
     assert low["maris-use_vga-false"].full_mIoU == pytest.approx(65.0)
     assert not verdicts["maris-use_vga-false"].below_floor  # no floor given
     assert "**reversed, below floor**" in verdicts_markdown(list(low.values()))
+
+
+def test_two_ablation_studies_never_mix(tmp_path: Path):
+    good = {s: [0.6, 0.7] * 10 for s in ("testA", "testB", "testC")}
+    for study, shift in (("cpu", 0.2), ("gpu", -0.2)):
+        _ablation_run(tmp_path / study, "lts", {}, good)
+        _ablation_run(tmp_path / study, "lts", {"use_position_prior": False},
+                      {s: [v - shift for v in vals] for s, vals in good.items()})  # fmt: skip
+    studies = {s.name: s for s in ablation_studies(load_results(tmp_path), n_boot=100)}
+    assert set(studies) == {"cpu", "gpu"}
+    lts = {s: next(v for v in studies[s].verdicts if v.claim.model == "lts") for s in studies}
+    assert (lts["cpu"].verdict, lts["gpu"].verdict) == ("holds", "reversed")
+    text = render_markdown(load_results(tmp_path))
+    assert "### Ablation study `cpu`" in text and "### Ablation study `gpu`" in text
 
 
 def test_ablation_rows_cover_every_claim_with_real_config_fields():

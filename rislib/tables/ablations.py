@@ -30,6 +30,7 @@ import csv
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,8 @@ from .results import ReproducedResult, load_results
 
 __all__ = [
     "AblationClaim",
+    "AblationStudy",
+    "ablation_studies",
     "ABLATION_CLAIMS",
     "ABLATION_ROWS",
     "TEST_SPLITS",
@@ -396,3 +399,42 @@ def verdicts_markdown(verdicts: Sequence[ClaimVerdict], *, splits: Sequence[str]
             + f" | {pooled_m} | {pooled_o} | {level} | **{v.label}** | {c.source} |"
         )  # fmt: skip
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class AblationStudy:
+    """One ablation study: the runs of one results folder, its floor and its verdicts.
+
+    Attributes:
+        name: the folder's name (``ablations`` for ``benchmarks/results/ablations``).
+        root: the folder.
+        grouped: :func:`group_ablation_results` of its runs.
+        floor: :func:`floor_results` (the heuristics in ``<root>/floor``).
+        verdicts: :func:`judge_claims` (empty when per-sample files are missing).
+    """
+
+    name: str
+    root: Path
+    grouped: Mapping[str, Mapping[str, ReproducedResult]]
+    floor: Sequence[ReproducedResult]
+    verdicts: Sequence[ClaimVerdict]
+
+
+def ablation_studies(
+    results: Iterable[ReproducedResult], *, dataset: str = "refshapes", n_boot: int = 2000
+) -> list[AblationStudy]:
+    """Ablation runs split by study: a study is the folder that holds the runs' folders
+    (``<out>`` of ``benchmarks/run_ablations.py``), so a CPU and a GPU study never mix."""
+    results = [r for r in results if r.path is not None]
+    roots = sorted({r.path.parent.parent for r in results if "ablation" in r.info and r.dataset == dataset})
+    studies = []
+    for root in roots:
+        mine = [r for r in results if r.path.parent.parent == root]
+        grouped = group_ablation_results(mine, dataset=dataset)
+        floor = floor_results(mine)
+        try:
+            verdicts = judge_claims(grouped, floor=floor_miou(floor), n_boot=n_boot)
+        except (FileNotFoundError, ValueError):
+            verdicts = []  # per-sample files absent: the runs are shown without the bootstrap
+        studies.append(AblationStudy(root.name, root, grouped, floor, verdicts))
+    return studies

@@ -13,8 +13,9 @@
 
 :func:`render_figures` draws ``09_published_oiou.png`` (the oIoU rows, LAVT's run spread,
 reproductions as hollow markers), ``09_metric_gap.png`` (the same model under two IoUs) and,
-when there is something to show, ``09_claimed_vs_reproduced.png`` and
-``09_refshapes_ablations.png``.
+when there is something to show, ``09_claimed_vs_reproduced.png`` and one
+``09_refshapes_<study>.png`` per ablation study (``09_refshapes_ablations.png`` for
+``benchmarks/results/ablations``).
 """
 
 from __future__ import annotations
@@ -27,11 +28,9 @@ from typing import Any
 from .ablations import (
     ABLATION_ROWS,
     TEST_SPLITS,
+    AblationStudy,
     ClaimVerdict,
-    floor_miou,
-    floor_results,
-    group_ablation_results,
-    judge_claims,
+    ablation_studies,
     results_markdown,
     row_name,
     verdicts_markdown,
@@ -305,18 +304,14 @@ def render_markdown(
     reproduced: Sequence[ReproducedResult] = (),
     *,
     rows: Sequence[PublishedResult] | None = None,
-    verdicts: Sequence[ClaimVerdict] | None = None,
+    studies: Sequence[AblationStudy] | None = None,
     figures: Sequence[str] = (),
 ) -> str:
     """The full ``tables.md`` text (see the module docstring)."""
     rows = list(published() if rows is None else rows)
     comparisons = compare(rows, reproduced)
-    grouped = group_ablation_results(reproduced)
-    if verdicts is None and grouped:
-        try:
-            verdicts = judge_claims(grouped, floor=floor_miou(floor_results(reproduced)))
-        except (FileNotFoundError, ValueError):
-            verdicts = None  # per-sample files absent: show the runs without the bootstrap
+    if studies is None:
+        studies = ablation_studies(reproduced)
     spread = LAVT_RUN_SPREAD
     gaps = metric_gaps(rows, ("CRIS", "R101", "mIoU*"), ("CRIS", "R101, oIoU re-evaluated by SaFiRe", "oIoU"))
     gap = f"{min(gaps.values()):.1f}–{max(gaps.values()):.1f}" if gaps else "several"
@@ -367,17 +362,19 @@ def render_markdown(
         "",
         "## RefShapes (this course's synthetic benchmark: no paper reports on it)",
         "",
-        refshapes_table(reproduced, ablations=not grouped),
+        refshapes_table(reproduced, ablations=not studies),
     ]
-    if grouped:
+    for study in studies:
+        summary = study.root / "summary.md"
         parts += [
             "",
-            "### Ablations (CPU tiny-scale runs; see `benchmarks/results/ablations/summary.md`)",
+            f"### Ablation study `{study.name}`" + (f" (setting and caveats: `{study.root.name}/summary.md`)"
+                                                    if summary.is_file() else ""),
             "",
-            results_markdown(grouped),
-        ]
-        if verdicts:
-            parts += ["", verdicts_markdown(verdicts)]
+            results_markdown(study.grouped),
+        ]  # fmt: skip
+        if study.verdicts:
+            parts += ["", verdicts_markdown(study.verdicts)]
     if figures:
         parts += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(parts) + "\n"
@@ -565,9 +562,12 @@ def render_figures(
     figures_dir: str | os.PathLike = "figures",
     *,
     rows: Sequence[PublishedResult] | None = None,
-    verdicts: Sequence[ClaimVerdict] | None = None,
+    studies: Sequence[AblationStudy] | None = None,
 ) -> list[Path]:
-    """Write the ``09_*.png`` figures into ``figures_dir``; returns their paths."""
+    """Write the ``09_*.png`` figures into ``figures_dir``; returns their paths.
+
+    An ablation study in folder ``NAME`` gets ``09_refshapes_NAME.png``.
+    """
     plt = _plt()
     rows = list(published() if rows is None else rows)
     out = Path(figures_dir)
@@ -583,17 +583,11 @@ def render_figures(
         fig = plot_comparisons(comparisons, path=out / "09_claimed_vs_reproduced.png")
         plt.close(fig)
         written.append(out / "09_claimed_vs_reproduced.png")
-    grouped = group_ablation_results(reproduced)
-    if grouped:
-        if verdicts is None:
-            try:
-                verdicts = judge_claims(grouped, floor=floor_miou(floor_results(reproduced)))
-            except (FileNotFoundError, ValueError):
-                verdicts = []
-        floor = floor_results(reproduced)
-        fig = plot_ablations(grouped, verdicts, floor=floor, path=out / "09_refshapes_ablations.png")
+    for study in ablation_studies(reproduced) if studies is None else studies:
+        path = out / f"09_refshapes_{study.name}.png"
+        fig = plot_ablations(study.grouped, study.verdicts, floor=study.floor, path=path)
         plt.close(fig)
-        written.append(out / "09_refshapes_ablations.png")
+        written.append(path)
     return written
 
 
@@ -609,17 +603,11 @@ def render_all(
     """
     reproduced = load_results(results_dir)
     rows = published()
-    grouped = group_ablation_results(reproduced)
-    verdicts = None
-    if grouped:
-        try:
-            verdicts = judge_claims(grouped, floor=floor_miou(floor_results(reproduced)))
-        except (FileNotFoundError, ValueError):
-            verdicts = None
-    figures = render_figures(reproduced, figures_dir, rows=rows, verdicts=verdicts)
+    studies = ablation_studies(reproduced)
+    figures = render_figures(reproduced, figures_dir, rows=rows, studies=studies)
     out_md = Path(out_md)
     rel = [os.path.relpath(f, out_md.parent) for f in figures]
-    text = render_markdown(reproduced, rows=rows, verdicts=verdicts, figures=rel)
+    text = render_markdown(reproduced, rows=rows, studies=studies, figures=rel)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
     return {"markdown": out_md, "figures": figures, "results": len(reproduced),
