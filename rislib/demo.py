@@ -107,7 +107,8 @@ def plot_predictions(models: dict[str, Any], items: list[dict[str, Any]], path: 
     batch = collate_batch(items)
     gt = batch.masks > 0.5
     rows = 1 + len(models)
-    fig, axes = plt.subplots(rows, len(items), figsize=(1.7 * len(items), 1.95 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, len(items), figsize=(1.7 * len(items), 2.1 * rows), squeeze=False,
+                             layout="constrained")  # fmt: skip
     for j, it in enumerate(items):
         words = textwrap.fill(it["text"], 26)
         _overlay(axes[0, j], it["image"], gt[j], PALETTE["gt"], f"{it['meta'].get('split', '')}: {words}")
@@ -125,9 +126,8 @@ def plot_predictions(models: dict[str, Any], items: list[dict[str, Any]], path: 
     axes[0, 0].set_ylabel("ground truth", fontsize=8)
     for i, label in enumerate(models, start=1):
         axes[i, 0].set_ylabel(label, fontsize=8)
-    fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=80)
     return fig
 
 
@@ -180,7 +180,7 @@ def plot_word_attention(model: Any, item: dict[str, Any], path: str | Path | Non
     up = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
     cols = min(7, 1 + len(words))
     rows = math.ceil((1 + len(words)) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 1.95 * rows + 0.3), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows + 0.3), squeeze=False, layout="constrained")
     axes = axes.ravel()
     _overlay(axes[0], item["image"], item["mask"] > 0.5, PALETTE["gt"], textwrap.fill(item["text"], 24))
     for k, w in enumerate(words):
@@ -193,9 +193,8 @@ def plot_word_attention(model: Any, item: dict[str, Any], path: str | Path | Non
     for ax in axes[1 + len(words) :]:
         ax.axis("off")
     fig.suptitle(f"where each word looks: {name} (mean over heads)", fontsize=8)
-    fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=80)
     return fig
 
 
