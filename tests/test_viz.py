@@ -232,6 +232,7 @@ def test_explorer_driven_from_python(dataset: RISDataset) -> None:
     app.word.value = 2
     assert calls.n == n and not np.array_equal(app.current_heatmap, before_heat)
     assert app.png != b"" and not np.array_equal(_png(app), before_png)
+    assert int(app.image.width) == _png(app).shape[1]
     for control, value in [(app.head, 3), (app.layer, 0), (app.opacity, 0.2)]:
         png = _png(app)
         control.value = value
@@ -260,12 +261,21 @@ def test_explorer_driven_from_python(dataset: RISDataset) -> None:
     assert calls.n == n + 2 and app.current_iou is None
     assert [lab for lab, _ in app.word.options] == ["sentence", "[CLS]", "the", "big", "blue", "square", "[SEP]"]
     assert "no ground truth" in app.status.value
+    # repeated words get distinct labels (ipywidgets finds the selected button by its label)
+    app.expression.value = "the circle left of the star"
+    labels = [lab for lab, _ in app.word.options]
+    assert labels[1:] == ["[CLS]", "the", "circle", "left", "of", "the #2", "star", "[SEP]"]
+    app.word.value = dict(app.word.options)["the #2"]
+    assert app.panels[0].describe().endswith("'the'") and calls.n == n + 3
 
 
 def test_explorer_upload_compare_and_models(dataset: RISDataset, tmp_path) -> None:
     model = build_model("xattn", preset="tiny", image_size=S)
     ckpt = save_model(model, tmp_path / "xattn.pt")
     app = explorer(model, dataset, models={"maris": build_model("maris", preset="tiny", image_size=S)})
+    # without a second model its module selector is hidden, and only it
+    assert app.module2.layout.display == "none"
+    assert all(c.layout.display != "none" for c in (app.expression, app.module, app.word, app.image))
 
     # upload: a PNG through the FileUpload value, as the browser sends it
     rgb = (np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)
@@ -288,6 +298,7 @@ def test_explorer_upload_compare_and_models(dataset: RISDataset, tmp_path) -> No
     # a second model side by side: one more forward, two rows
     app.compare.value = "maris"
     assert app.forward_calls == 4 and len(app.panels) == 2
+    assert app.module2.layout.display is None and app.module.layout.display != "none"
     assert app.panels[1].family == "fusion.blocks.*.vga.attn"
     app.module2.value = "fusion.blocks.*.lga.attn"
     assert app.forward_calls == 4 and app.panels[1].info().kind == "word_to_pixel"

@@ -150,6 +150,10 @@ def _item_from_dataset(dataset: Any, index: int) -> ExplorerItem:
     return ExplorerItem(item["image"].float(), str(item["text"]), mask, f"sample:{index}", title)
 
 
+def _png_width(png: bytes) -> int:
+    return int.from_bytes(png[16:20], "big")  # the IHDR chunk's width field
+
+
 def _image_from_bytes(data: bytes, max_side: int = 256) -> Tensor:
     from PIL import Image
 
@@ -276,6 +280,17 @@ def _short_family(family: str) -> str:
     return f"{parts[0]}: {' '.join(tail)}"
 
 
+def _unique_labels(options: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Repeated tokens get ``#2``, ``#3``...: ipywidgets finds a toggle button by its label, so
+    two buttons called "the" would leave the selected one unhighlighted."""
+    seen: dict[str, int] = {}
+    out = []
+    for label, value in options:
+        seen[label] = seen.get(label, 0) + 1
+        out.append((label if seen[label] == 1 else f"{label} #{seen[label]}", value))
+    return out
+
+
 def _resolve_word(info: MapInfo | None, label: str | None) -> int | None:
     if info is None or label is None or not info.has_tokens:
         return None
@@ -398,10 +413,17 @@ class AttentionExplorer(widgets.VBox):
     Read-only state for tests and notebooks: ``forward_calls``, ``current_heatmap``,
     ``current_mask``, ``current_iou``, ``png``, ``panels``; :meth:`figure` draws the
     current view with matplotlib.
+
+    Args:
+        core: the models, data and forward cache (:class:`ExplorerCore`).
+        index: the first sample.
+        compare: label of a model shown side by side from the start (None: none).
+        opacity: initial heatmap opacity.
+        dpi: resolution of the rendered picture (110: about 620 pixels wide per row).
     """
 
     def __init__(
-        self, core: ExplorerCore, *, index: int = 0, compare: str | None = None, opacity: float = 0.6, dpi: int = 80
+        self, core: ExplorerCore, *, index: int = 0, compare: str | None = None, opacity: float = 0.6, dpi: int = 110
     ) -> None:
         w = widgets
         self.core = core
@@ -417,7 +439,10 @@ class AttentionExplorer(widgets.VBox):
 
         n = len(core)
         labels = list(core.specs)
-        wide = w.Layout(width="98%")
+
+        def wide() -> widgets.Layout:  # one Layout per control: hiding one must not hide the others
+            return w.Layout(width="98%")
+
         self.sample = w.IntSlider(
             value=min(max(index, 0), max(n - 1, 0)),
             min=0,
@@ -427,20 +452,20 @@ class AttentionExplorer(widgets.VBox):
             continuous_update=False,
         )
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload image")
-        self.expression = w.Text(description="expression", continuous_update=False, layout=wide)
+        self.expression = w.Text(description="expression", continuous_update=False, layout=wide())
         self.model = w.Dropdown(options=labels, value=labels[0], description="model")
         self.compare = w.Dropdown(
             options=[_NONE, *labels], value=compare if compare in labels else _NONE, description="compare"
         )
         self.add_model = w.Text(placeholder="checkpoint path, or name[:preset]: haris:tiny", description="add model")
         self.add_button = w.Button(description="load", tooltip="load the model named on the left")
-        self.module = w.Dropdown(options=[], description="module", layout=wide)
+        self.module = w.Dropdown(options=[], description="module", layout=wide())
         self.layer = w.SelectionSlider(options=[0], value=0, description="layer", continuous_update=False)
         self.head = w.Dropdown(options=[("mean", _MEAN)], value=_MEAN, description="head")
         self.word = w.ToggleButtons(
             options=[("sentence", _SENTENCE)], value=_SENTENCE, description="word", style={"button_width": "auto"}
         )
-        self.module2 = w.Dropdown(options=[], description="module (2)", layout=wide)
+        self.module2 = w.Dropdown(options=[], description="module (2)", layout=wide())
         self.opacity = w.FloatSlider(
             value=opacity, min=0.0, max=1.0, step=0.05, description="opacity", continuous_update=False
         )
@@ -628,7 +653,7 @@ class AttentionExplorer(widgets.VBox):
             self.head.disabled = heads < 2
             if info is not None and info.has_tokens:
                 toks = [(lab, i) for i, (lab, ok) in enumerate(zip(info.labels, info.valid, strict=True)) if ok]
-                options = [("sentence", _SENTENCE), *toks]
+                options = [("sentence", _SENTENCE), *_unique_labels(toks)]
                 want = self.word.value
                 if prev_word is not None:
                     want = _resolve_word(info, prev_word)
@@ -693,7 +718,9 @@ class AttentionExplorer(widgets.VBox):
             self._item.image, self.panels, gt=self._gt(), opacity=self.opacity.value, expression=self._text()
         )
 
-        self.image.value = figure_to_png(fig, dpi=self.dpi)
+        png = figure_to_png(fig, dpi=self.dpi)
+        self.image.width = str(_png_width(png))  # shown at its own size, not stretched (and blurred)
+        self.image.value = png
         self.current_heatmap = None if heats[0] is None else heats[0].numpy()
         self.current_mask = masks[0]
         self.current_iou = ious[0]
