@@ -314,6 +314,10 @@ def test_explorer_upload_compare_and_models(dataset: RISDataset, tmp_path) -> No
     app.add_button.click()
     assert app.model.value == "concat (tiny, untrained)"
     assert app.current_heatmap is None and app.word.disabled and not app.module.options
+    first, calls = app.panels[0].run, app.forward_calls
+    app.add_model.value = "concat:tiny"  # again: the new model under the same label runs, no stale cache
+    app.add_button.click()
+    assert app.forward_calls == calls + 1 and app.panels[0].run is not first
     app.add_model.value = "no_such_model"
     app.add_button.click()
     assert "could not load" in app.status.value

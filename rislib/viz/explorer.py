@@ -196,6 +196,8 @@ class ExplorerCore:
         label = label or _spec_label(spec)
         self.specs[label] = spec
         self.loaded[label] = model
+        for key in [k for k in self.cache if k[0] == label]:  # runs of a model this label named before
+            del self.cache[key]
         return label
 
     def model(self, label: str) -> RISModel:
@@ -585,7 +587,10 @@ class AttentionExplorer(widgets.VBox):
             self.compare.options = [_NONE, *self.core.specs]
             self.model.value, self.compare.value = current, other
             self.add_model.value = ""
-        self.model.value = label  # a new label: the observer runs the model and redraws
+        if self.model.value == label:  # the same label again: its model was replaced
+            self._refresh()
+        else:
+            self.model.value = label  # the observer runs the model and redraws
 
     def _guard(self, fn, *args: Any) -> None:
         try:
