@@ -31,8 +31,11 @@ test: setup lint
 test-slow: setup
 	$(BIN)/python -m pytest -m slow tests
 
+# JupyterLab in headless Chromium (Debian's chromium package, driven by Playwright).
 test-browser: setup
-	$(BIN)/python -m pytest -m browser tests
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt ".[browser]" || $(BIN)/python -m pip install -q "playwright>=1.40"
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	RISLIB_BROWSER_SCREENSHOT=figures/08_explorer_browser.png $(BIN)/python -m pytest -m browser tests
 
 demo: setup
 	$(BIN)/python -m rislib demo
