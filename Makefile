@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup test test-fast test-slow test-browser demo lab bench lint lock clean
+.PHONY: setup test test-slow test-browser demo lab bench lint lock clean
 
 setup: $(STAMP)
 
