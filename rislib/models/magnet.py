@@ -26,14 +26,17 @@ Architecture [code] (papers.md 4.2):
   masked-attention layers; 10 predictions for deep supervision. The decoder never sees
   language directly. (The CPU-sized presets keep stride 4 out of the pixel decoder's
   transformer, ``pixel_decoder_fpn_levels=1``; ``paper`` keeps MagNet's four levels.)
-* **Inference.** The code computes ``P = softmax(class)[..., 1:] * sigmoid(mask)`` and
-  thresholds at 0.5. Its softmax, however, runs over ``dim=1``, the *query* axis, which has
-  size 1, so it is identically 1 and the released rule is ``P = sigmoid(mask)``. Default here
-  (``class_gate=True``): the evident intent, softmax over the two classes, index 1 =
-  "target" (papers.md 7.3); ``class_gate=False`` is the released rule exactly. The model's
-  ``logits`` are ``logit(P)``, computed in log space, so ``RISModel.predict``'s
-  ``sigmoid(logits) > 0.5`` is ``P > 0.5`` (the resize to the image size interpolates
-  ``logit(P)`` instead of the mask logits; the two agree exactly when ``class_gate=False``).
+* **Inference.** The code upsamples the mask logits to the target size, computes
+  ``P = softmax(class)[..., 1:] * sigmoid(mask)`` and thresholds at 0.5. Its softmax,
+  however, runs over ``dim=1``, the *query* axis, which has size 1, so it is identically 1
+  and the released rule is ``P = sigmoid(mask)``. Default here (``class_gate=True``): the
+  evident intent, softmax over the two classes, index 1 = "target" (papers.md 7.3);
+  ``class_gate=False`` is the released rule exactly. The model returns the last mask logits
+  as ``logits`` and the class gate as ``aux["no_target_logits"] = class[0] - class[1]``,
+  which :meth:`RISModel.probabilities` applies after resizing, so ``predict`` computes
+  ``sigmoid(resized mask) * softmax(class)[1] > 0.5``, the code's order. (Folding the gate
+  into ``logits`` as ``logit(P)`` would not commute with the resize: the gated logits
+  saturate at ``logit(softmax(class)[1])`` and move interpolated boundaries.)
 
 Training (the paper's loss code is not released; papers.md 7.3 [proposal], this project's
 interpretation):
@@ -83,7 +86,7 @@ from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
 from .registry import register_model
 
-__all__ = ["MagNetConfig", "MagNet", "MagNetStageFusion", "default_bert_cut", "probability_logits"]
+__all__ = ["MagNetConfig", "MagNet", "MagNetStageFusion", "default_bert_cut"]
 
 
 def default_bert_cut(num_layers: int, num_stages: int = 4) -> tuple[int, ...]:
@@ -94,25 +97,6 @@ def default_bert_cut(num_layers: int, num_stages: int = 4) -> tuple[int, ...]:
     first so words are contextualised before they first meet pixels).
     """
     return tuple(math.ceil(num_layers * s / num_stages) for s in range(1, num_stages + 1))
-
-
-def probability_logits(class_logits: Tensor | None, mask_logits: Tensor) -> Tensor:
-    """``logit(P)`` for ``P = softmax(class_logits)[..., 1] * sigmoid(mask_logits)``, in log space.
-
-    Args:
-        class_logits: ``[B, 2]`` (``None``: ``P = sigmoid(mask)``, returned unchanged).
-        mask_logits: ``[B, H, W]``.
-
-    Returns:
-        ``[B, H, W]`` logits whose sigmoid is ``P``; finite even where ``P`` rounds to 0 or 1.
-    """
-    if class_logits is None:
-        return mask_logits
-    log_p = F.log_softmax(class_logits.float(), dim=-1)[:, 1, None, None] + F.logsigmoid(mask_logits.float())
-    log_p = log_p.clamp_max(-1e-7)  # P < 1 strictly, so log(1 - P) is finite
-    # log(1 - e^x), the two-branch form of Maechler (2012)
-    log_1mp = torch.where(log_p > -math.log(2), torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
-    return log_p - log_1mp
 
 
 @dataclass
@@ -290,7 +274,8 @@ def _presets() -> dict[str, MagNetConfig]:
 class MagNet(RISModel):
     """MagNet (see the module docstring). Built by ``build_model("magnet", preset, **overrides)``.
 
-    ``forward(batch)`` returns ``ModelOutput(logits [B, 1, H/4, W/4], aux)`` with aux
+    ``forward(batch)`` returns ``ModelOutput(logits [B, 1, H/4, W/4], aux)`` (the last mask
+    logits) with aux ``"no_target_logits" [B]`` (the class gate, when ``class_gate``),
     ``"mask_logits_all" [B, P, H/4, W/4]`` and ``"class_logits_all" [B, P, 2]`` (all ``P =
     decoder_layers + 1`` predictions), ``"pixel_embeds" [B, dim, H/4, W/4]`` (mask features)
     and ``"text_embed" [B, dim]`` (``lang_proj`` of the sentence); while training with target
@@ -407,8 +392,9 @@ class MagNet(RISModel):
         preds = self.decoder(multi_scale, mask_features)
         masks_all = torch.stack([p["mask_logits"][:, 0] for p in preds], dim=1)  # [B, P, H/4, W/4]
         classes_all = torch.stack([p["class_logits"][:, 0] for p in preds], dim=1)  # [B, P, 2]
-        cls = classes_all[:, -1] if cfg.class_gate else None
-        logits = probability_logits(cls, masks_all[:, -1]).unsqueeze(1)  # [B, 1, H/4, W/4]
+        logits = masks_all[:, -1:]  # [B, 1, H/4, W/4], the last prediction
+        if cfg.class_gate:  # P(target) = softmax(class)[1] = 1 - sigmoid(class[0] - class[1])
+            aux["no_target_logits"] = classes_all[:, -1, 0] - classes_all[:, -1, 1]  # [B]
         aux["mask_logits_all"] = masks_all
         aux["class_logits_all"] = classes_all
         aux["pixel_embeds"] = mask_features
