@@ -30,12 +30,16 @@ def magnet_probability(class_logits: Tensor, mask_logits: Tensor) -> Tensor:
 
     Args:
         class_logits: ``[B, 2]``, index 1 = "target".
-        mask_logits: ``[B, H, W]``.
+        mask_logits: ``[B, H, W]``, already at the size the answer is wanted.
 
     Returns:
-        ``P [B, H, W]`` in ``[0, 1]``. (rislib returns ``logit(P)`` computed in log space because
-        ``torch.logit(P)`` is infinite wherever ``P`` rounds to 0 or 1 in float32, e.g. for mask
-        logits beyond about +-17, and an infinite logit breaks bilinear resizing.)
+        ``P [B, H, W]`` in ``[0, 1]``.
+
+    Why rislib applies the gate *after* resizing (``aux["no_target_logits"]``, used by
+    ``RISModel.probabilities``) instead of returning ``logit(P)``: the gated logits are bounded above
+    by ``logit(softmax(class)[1])``, so bilinearly resizing them is not the same as gating the
+    resized mask; where the class probability is low the resized boundary moves. Gating after the
+    resize is the official code's order.
     """
     return class_logits.softmax(-1)[:, 1, None, None] * mask_logits.sigmoid()
 

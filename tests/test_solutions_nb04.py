@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rislib.decoders.maris import TwoWayTransformer
-from rislib.models.magnet import probability_logits
+from rislib.models import build_model
+from rislib.types import Batch
 from solutions import nb04
 
 
@@ -19,14 +20,24 @@ def test_two_way_parameters_match_the_module(dim, depth, mlp_dim, heads, downsam
     assert nb04.two_way_parameters(dim, depth, mlp_dim, downsample) == sum(p.numel() for p in module.parameters())
 
 
-def test_magnet_probability_matches_rislib_logits():
+def test_magnet_probability_matches_the_model_and_its_no_target_gate():
     torch.manual_seed(0)
     cls, mask = torch.randn(5, 2) * 3, torch.randn(5, 9, 9) * 6
     p = nb04.magnet_probability(cls, mask)
     assert p.shape == (5, 9, 9) and bool(((p >= 0) & (p <= 1)).all())
-    torch.testing.assert_close(p, probability_logits(cls, mask).sigmoid(), atol=1e-6, rtol=1e-5)
+    # the form RISModel.probabilities applies: sigmoid(mask) * (1 - sigmoid(no_target_logits))
+    no_target = cls[:, 0] - cls[:, 1]
+    torch.testing.assert_close(p, mask.sigmoid() * (1 - no_target.sigmoid())[:, None, None])
     # a certain "target" class leaves the mask probability unchanged
     torch.testing.assert_close(nb04.magnet_probability(torch.tensor([[-50.0, 50.0]]), mask[:1]), mask[:1].sigmoid())
+    # and the tiny model's own answer, at the logits' resolution (no resize)
+    model = build_model("magnet", "tiny")
+    batch = Batch(images=torch.rand(2, 3, 128, 128), text=["the red circle", "the big blue square"])
+    with torch.no_grad():
+        out = model.eval()(batch)
+        ours = nb04.magnet_probability(out.aux["class_logits_all"][:, -1], out.logits[:, 0])
+        ref = model.probabilities(batch, size=tuple(out.logits.shape[-2:]))[:, 0]
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
 
 
 def test_pixel_decoder_pairs_at_480_px():
