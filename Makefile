@@ -26,7 +26,7 @@ lint: setup
 # The whole suite: lint, unit and integration tests, and every notebook (nbval) in the
 # fast setting. Notebooks stay whole on one worker (--dist loadfile).
 test: setup lint
-	RISLIB_FAST=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval-lax -m "not slow and not browser" tests notebooks
+	OMP_NUM_THREADS=1 RISLIB_FAST=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval-lax -m "not slow and not browser" tests notebooks
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow tests
