@@ -4,13 +4,13 @@ checkpoint I/O and the model registry."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
+from toy_model import ToyModel  # noqa: F401  (registers _toy_for_tests)
 
-from rislib import Batch, ModelOutput, TextInput
+from rislib import Batch, TextInput
 from rislib.checkpoint import CheckpointMismatchError, atomic_save, load_weights, read_state_dict
 from rislib.encoders import (
     WordTokenizer,
@@ -24,7 +24,7 @@ from rislib.encoders import (
 )
 from rislib.layers import AttentionRecorder, MultiHeadAttention, coord_features, masked_mean
 from rislib.losses import binary_cross_entropy, dice_loss, sigmoid_focal_loss
-from rislib.models import ModelConfig, RISModel, get_config, load_model, register_model, save_model
+from rislib.models import get_config, load_model, save_model
 from rislib.models.registry import build_model
 
 
@@ -184,30 +184,6 @@ def test_load_weights_reports_and_refuses_mismatch(tmp_path):
     assert rep.missing == ["2.weight", "2.bias"]
     with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
         load_weights(nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 1)), sd)
-
-
-@dataclass
-class _ToyConfig(ModelConfig):
-    hidden: int = 8
-
-
-@register_model("_toy_for_tests", config_cls=_ToyConfig, presets={"tiny": _ToyConfig()}, summary="test only")
-class _Toy(RISModel):
-    def __init__(self, config: _ToyConfig) -> None:
-        super().__init__(config)
-        self.vision_encoder = build_vision_encoder("tiny_cnn", widths=(8, 8, 8, 8))
-        self.text_encoder = build_text_encoder("tiny_transformer", dim=8, depth=1, num_heads=2)
-        self.head = nn.Conv2d(8, 1, 1)
-
-    def forward(self, batch: Batch) -> ModelOutput:
-        text = self.prepare_text(batch.text, batch.images.device)
-        f = self.vision_encoder(batch.images)[0]
-        s = self.text_encoder(text.ids, text.mask).sentence
-        return ModelOutput(self.head(f * s[:, :, None, None]))
-
-    def loss(self, batch, output):
-        bce = binary_cross_entropy(output.logits, batch.masks)
-        return {"bce": bce, "total": bce}
 
 
 def test_registry_overrides_predict_and_save_load_roundtrip(tmp_path):

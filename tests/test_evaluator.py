@@ -7,22 +7,19 @@ import argparse
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from toy_model import ToyModel  # noqa: F401  (registers _toy_eval_model)
 
-from rislib import Batch, ModelOutput
+from rislib import Batch
 from rislib.data import RISDataset, generate_refshapes, open_source
-from rislib.encoders import build_text_encoder, build_vision_encoder
 from rislib.engine import Evaluator, eval_cli, evaluate, heuristics, result_path
 from rislib.engine.heuristics import available, build_heuristic, salience_scores
-from rislib.losses import binary_cross_entropy
-from rislib.models import ModelConfig, RISModel, build_model, register_model, save_model
+from rislib.models import build_model, save_model
 
 
 # ---- a hand-made data set: one 100 x 150 image, network input 64 x 64 -----------------------
@@ -119,30 +116,6 @@ def refshapes_root(tmp_path_factory) -> Path:
     counts = {"train": 2, "val": 2, "testA": 4, "testB": 4, "testC": 0}
     generate_refshapes(root, seed=3, size=64, counts=counts, workers=0, progress=False, generalized=True)
     return root
-
-
-@dataclass
-class _EvalToyConfig(ModelConfig):
-    image_size: int = 32
-
-
-@register_model("_toy_eval_model", config_cls=_EvalToyConfig, presets={"tiny": _EvalToyConfig()}, summary="test only")
-class _EvalToy(RISModel):
-    def __init__(self, config: _EvalToyConfig) -> None:
-        super().__init__(config)
-        self.vision_encoder = build_vision_encoder("tiny_cnn", widths=(8, 8, 8, 8))
-        self.text_encoder = build_text_encoder("tiny_transformer", dim=8, depth=1, num_heads=2)
-        self.head = nn.Conv2d(8, 1, 1)
-
-    def forward(self, batch: Batch) -> ModelOutput:
-        text = self.prepare_text(batch.text, batch.images.device)
-        f = self.vision_encoder(batch.images)[0]
-        s = self.text_encoder(text.ids, text.mask).sentence
-        return ModelOutput(self.head(f * s[:, :, None, None]) + 0.3)  # + 0.3: some pixels on, some off
-
-    def loss(self, batch, output):
-        bce = binary_cross_entropy(output.logits, batch.masks)
-        return {"bce": bce, "total": bce}
 
 
 def test_model_evaluation_matches_an_independent_loop_and_writes_files(refshapes_root, tmp_path):
