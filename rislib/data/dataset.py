@@ -15,6 +15,7 @@ Call :meth:`RISDataset.set_epoch` at the start of each epoch, as with ``Distribu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -92,7 +93,7 @@ class RISDataset(Dataset):
             for j, s in enumerate(ref["sentences"]):
                 other = "raw" if text_field == "sent" else "sent"
                 text = s.get(text_field) or s.get(other) or ""
-                if not text.strip():
+                if not isinstance(text, str) or not text.strip():
                     raise DataFormatError(
                         f"{where}: ref {ref.get('ref_id')} sentence {s.get('sent_id', j)}: empty expression"
                     )
@@ -115,6 +116,38 @@ class RISDataset(Dataset):
             f"RISDataset({self._dataset_name!r}, split={self.split!r}, mode={self.mode!r}, items={len(self)}, "
             f"image_size={self.image_size}, hflip={self.hflip}, resize={self.resize!r})"
         )
+
+    def check_expressions(self, tokenize: Callable[[list[str]], Any], chunk: int = 4096) -> int:
+        """Run every expression of the split through ``tokenize`` (a model's tokenizer) once.
+
+        A sentence the tokenizer refuses (e.g. one whose words a word-level vocabulary
+        drops entirely) would otherwise stop training when its batch comes up, with no
+        file or ref named; here it is an error naming both, before the first step.
+
+        Returns:
+            the number of expressions checked.
+
+        Raises:
+            DataFormatError: naming the refs file, the ref, the sentence and the tokenizer's reason.
+        """
+        where = getattr(self.source, "refs_path", self.split)
+        flat = [(i, sid, text) for i, texts in enumerate(self._texts) for sid, text in texts]
+        for start in range(0, len(flat), chunk):
+            part = flat[start : start + chunk]
+            try:
+                tokenize([t for _, _, t in part])
+                continue
+            except (ValueError, TypeError, KeyError, IndexError):
+                pass
+            for i, sid, text in part:  # find the sentence the tokenizer refuses
+                try:
+                    tokenize([text])
+                except (ValueError, TypeError, KeyError, IndexError) as e:
+                    raise DataFormatError(
+                        f"{where}: ref {self.refs[i].get('ref_id')} sentence {sid}: the model's tokenizer refuses "
+                        f"{text!r} ({e})"
+                    ) from e
+        return len(flat)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose draws (sentence, flip) the next accesses make."""

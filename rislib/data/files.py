@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataFormatError
 
-__all__ = ["load_json", "load_rgb_image", "to_rgb"]
+__all__ = ["load_json", "load_rgb_image", "to_rgb", "check_relative_path"]
 
 
 def load_json(path: str | os.PathLike) -> Any:
@@ -29,6 +29,23 @@ def load_json(path: str | os.PathLike) -> Any:
         ) from e
     except UnicodeDecodeError as e:
         raise DataFormatError(f"{path}: not UTF-8 text ({e})") from e
+
+
+def check_relative_path(name: Any, *, where: str) -> str:
+    """``name`` if it is a relative path that stays inside the folder it is joined to, else an error.
+
+    Annotation files name images relative to an image folder; a name such as
+    ``../../etc/passwd`` or ``/etc/passwd`` would read a file outside it, so it is refused
+    (checked on the text, before any file is touched; ``..`` is refused anywhere in it).
+    """
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise DataFormatError(f"{where}: expected a relative file name, got {name!r}")
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in posix.parts or ".." in windows.parts:
+        raise DataFormatError(
+            f"{where}: expected a file name inside the image folder, got {name!r} (absolute paths and '..' are refused)"
+        )
+    return name
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

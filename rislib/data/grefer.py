@@ -32,6 +32,7 @@ class GReferDataset(ReferDataset):
         dataset: ``grefcoco`` or ``grefshapes`` (or another folder in this layout, with ``split_by``).
         split_by: ``unc`` (gRefCOCO) or ``synth`` (gRefShapes); ``None``: the data set's default.
         image_dir: the image folder (default ``ROOT/images/train2014``, then REFER's folder).
+        strict: refuse degenerate target annotations instead of counting them in a warning.
 
     Every returned ref carries ``ann_id`` as a list and ``no_target`` as a bool (derived from
     ``ann_id == [-1]`` when the file lacks the field).
@@ -46,8 +47,10 @@ class GReferDataset(ReferDataset):
         dataset: str = "grefcoco",
         split_by: str | None = None,
         image_dir: str | Path | None = None,
+        *,
+        strict: bool = False,
     ) -> None:
-        super().__init__(root, dataset, split_by, image_dir)
+        super().__init__(root, dataset, split_by, image_dir, strict=strict)
 
     def _refs_path(self) -> Path:
         json_path = self.data_dir / f"grefs({self.split_by}).json"

@@ -20,16 +20,20 @@ strict ``IoU > t`` comparator at the original resolution (section 3.2).
 
 from __future__ import annotations
 
+import numbers
 import os
+import warnings
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .errors import DataFormatError
-from .files import load_json, load_rgb_image
-from .masks import polygons_to_mask
+from .errors import DataFormatError, DegenerateAnnotationWarning
+from .files import check_relative_path, load_json, load_rgb_image
+from .masks import DEGENERATE, check_image_size, check_segmentation, segmentation_to_mask
+from .refer import has_word
 
 __all__ = ["PhraseCutDataset"]
 
@@ -43,14 +47,23 @@ class PhraseCutDataset:
         root: folder with ``refer_<split>.json`` and ``images/``.
         split: ``train``, ``val``, ``test`` or ``miniv`` (any ``refer_<split>.json`` present).
         image_dir: the image folder (default ``ROOT/images``).
+        strict: refuse degenerate polygons (fewer than 3 points, outside the image, ...)
+            instead of counting them in one warning (counted when the image table gives
+            the image sizes; checked again when a mask is made).
     """
 
     dataset = "phrasecut"
 
     def __init__(
-        self, root: str | os.PathLike, split: str = "test", image_dir: str | os.PathLike | None = None
+        self,
+        root: str | os.PathLike,
+        split: str = "test",
+        image_dir: str | os.PathLike | None = None,
+        *,
+        strict: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.strict = bool(strict)
         self.split = split
         self.split_by = split
         self.refs_path = self.root / f"refer_{split}.json"
@@ -66,9 +79,11 @@ class PhraseCutDataset:
                 if not isinstance(rows, list):
                     raise DataFormatError(f"{path}: expected a list of image entries")
                 for i, row in enumerate(rows):
-                    if not all(k in row for k in ("image_id", "height", "width")):
+                    if not isinstance(row, dict) or not all(k in row for k in ("image_id", "height", "width")):
                         raise DataFormatError(f"{path}: entry #{i} lacks 'image_id', 'height' or 'width'")
-                    self._sizes[row["image_id"]] = (int(row["height"]), int(row["width"]))
+                    self._sizes[_image_key(row["image_id"], f"{path}: entry #{i}")] = check_image_size(
+                        row["height"], row["width"], where=f"{path}: entry #{i}"
+                    )
                 break
         tasks = load_json(self.refs_path)
         if not isinstance(tasks, list):
@@ -87,21 +102,19 @@ class PhraseCutDataset:
             phrase = task["phrase"]
             if not isinstance(phrase, str) or not phrase.strip():
                 raise DataFormatError(f"{where} field 'phrase': empty expression")
-            try:
-                flat = [[float(c) for pt in poly for c in pt] for instance in task["Polygons"] for poly in instance]
-            except (TypeError, ValueError) as e:
-                raise DataFormatError(
-                    f"{where} field 'Polygons': expected per instance a list of polygons of [x, y] points ({e})"
-                ) from e
+            if not has_word(phrase):
+                raise DataFormatError(f"{where} field 'phrase': expected at least one letter or digit, got {phrase!r}")
+            image_id = _image_key(task["image_id"], where)
+            flat = _flat_polygons(task["Polygons"], f"{where} field 'Polygons'")
             structure = task.get("phrase_structure") or {}
             self._refs.append(
                 {
                     "ref_id": i,
                     "task_id": task.get("task_id", str(i)),
-                    "image_id": task["image_id"],
+                    "image_id": image_id,
                     "ann_id": list(task.get("ann_ids", [])),
                     "split": split,
-                    "file_name": f"{task['image_id']}.jpg",
+                    "file_name": f"{image_id}.jpg",
                     "sent_ids": [i],
                     "sentences": [{"sent_id": i, "sent": phrase, "raw": phrase, "tokens": phrase.split()}],
                     "type": structure.get("type") if isinstance(structure, dict) else None,
@@ -109,6 +122,34 @@ class PhraseCutDataset:
                 }
             )
             self._polygons.append(flat)
+        self.annotation_issues: dict[str, list[Any]] = {}
+        self._check_polygons()
+
+    def _check_polygons(self) -> None:
+        """Check every task's polygons against its image size (when the image table gives it)."""
+        issues: dict[str, list[Any]] = defaultdict(list)
+        checked = 0
+        for ref, polygons in zip(self._refs, self._polygons):
+            size = self._sizes.get(ref["image_id"])
+            if size is None:
+                continue
+            checked += 1
+            where = f"{self.refs_path}: task {ref['task_id']!r} field 'Polygons'"
+            found = check_segmentation(polygons, *size, where=where)
+            if found and self.strict:
+                raise DataFormatError(f"{where}: {'; '.join(DEGENERATE[i] for i in sorted(found))} (strict mode)")
+            for name in sorted(found):
+                issues[name].append(ref["task_id"])
+        self.annotation_issues = dict(issues)
+        if issues:
+            parts = [f"{len(ids)} x {DEGENERATE[name]} (task {', '.join(map(str, ids[:3]))})"
+                     for name, ids in sorted(issues.items())]  # fmt: skip
+            warnings.warn(
+                f"{self.refs_path}: of {checked} tasks, some have degenerate polygons: {'; '.join(parts)}. "
+                "strict=True (--strict) refuses them.",
+                DegenerateAnnotationWarning,
+                stacklevel=3,
+            )
 
     def __len__(self) -> int:
         return len(self._refs)
@@ -143,7 +184,7 @@ class PhraseCutDataset:
 
     def image_path(self, ref_or_image_id: dict[str, Any] | Any) -> Path:
         image_id = ref_or_image_id["image_id"] if isinstance(ref_or_image_id, dict) else ref_or_image_id
-        return self.image_dir / f"{image_id}.jpg"
+        return self.image_dir / check_relative_path(f"{image_id}.jpg", where=f"{self.refs_path}: image_id")
 
     def image_info(self, ref_or_image_id: dict[str, Any] | Any) -> dict[str, Any]:
         """``id``, ``file_name``, ``height``, ``width`` (size from the image table, else the file header)."""
@@ -153,7 +194,7 @@ class PhraseCutDataset:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: image file not found (image_id {image_id} of {self.refs_path})")
             with Image.open(path) as im:
-                self._sizes[image_id] = (im.height, im.width)
+                self._sizes[image_id] = check_image_size(im.height, im.width, where=str(path))
         h, w = self._sizes[image_id]
         return {"id": image_id, "file_name": f"{image_id}.jpg", "height": h, "width": w}
 
@@ -167,4 +208,36 @@ class PhraseCutDataset:
     def mask(self, ref: dict[str, Any]) -> np.ndarray:
         """Union of every polygon of every instance, bool ``[H, W]`` at the original size."""
         info = self.image_info(ref)
-        return polygons_to_mask(self._polygons[ref["ref_id"]], info["height"], info["width"])
+        where = f"{self.refs_path}: task {ref['task_id']!r} field 'Polygons'"
+        return segmentation_to_mask(self._polygons[ref["ref_id"]], info["height"], info["width"], where=where,
+                                    strict=self.strict)  # fmt: skip
+
+
+def _image_key(image_id: Any, where: str) -> Any:
+    """A Visual Genome image id: an integer, or a string of letters, digits, '-' and '_'."""
+    if isinstance(image_id, numbers.Integral) and not isinstance(image_id, bool):
+        return int(image_id)
+    if isinstance(image_id, str) and image_id and all(c.isalnum() or c in "-_" for c in image_id):
+        return image_id
+    raise DataFormatError(f"{where} field 'image_id': expected an integer id, got {image_id!r}")
+
+
+def _flat_polygons(instances: Any, where: str) -> list[list[float]]:
+    """PhraseCut's ``Polygons`` (per instance, polygons of ``[x, y]`` points) -> flat polygons."""
+    expected = "per instance a list of polygons, each a list of [x, y] points"
+    if not isinstance(instances, list):
+        raise DataFormatError(f"{where}: expected {expected}, got {type(instances).__name__}")
+    flat = []
+    for i, instance in enumerate(instances):
+        if not isinstance(instance, list):
+            raise DataFormatError(f"{where} instance {i}: expected {expected}, got {type(instance).__name__}")
+        for j, poly in enumerate(instance):
+            if not isinstance(poly, list):
+                raise DataFormatError(f"{where} instance {i} polygon {j}: expected a list of [x, y] points")
+            coords = []
+            for k, pt in enumerate(poly):
+                if not (isinstance(pt, list | tuple) and len(pt) == 2):
+                    raise DataFormatError(f"{where} instance {i} polygon {j} point {k}: expected [x, y], got {pt!r}")
+                coords.extend(pt)
+            flat.append(coords)
+    return flat

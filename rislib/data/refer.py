@@ -15,11 +15,22 @@ Differences from the REFER toolkit, on purpose: the pickle is read with a restri
 unpickler (built-in types only); masks are the union of the polygon parts (pycocotools
 ``annToMask``), not REFER's sum; the image folder is a parameter; bad files give errors that
 name the file and the field instead of ``KeyError`` or ``sys.exit``.
+
+Checked when the files are read, before any mask or image is made: image sizes (positive
+integers within :data:`~rislib.data.masks.MAX_PIXELS`), image file names (relative, inside
+the image folder), every sentence (at least one letter or digit), and the segmentation and
+``bbox`` of every annotation a ref points to (:func:`~rislib.data.masks.check_segmentation`).
+Degenerate-but-legal segmentations (a polygon of 2 points, one outside the image, an empty
+one...) are counted and reported in one :class:`~rislib.data.errors.DegenerateAnnotationWarning`
+(``annotation_issues`` lists them); ``strict=True`` makes them errors.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -28,14 +39,20 @@ import numpy as np
 from PIL import Image
 
 from .catalog import REFER_DATASETS, DatasetInfo, dataset_info
-from .errors import DataFormatError
-from .files import load_json, load_rgb_image
-from .masks import segmentation_to_mask
+from .errors import DataFormatError, DegenerateAnnotationWarning
+from .files import check_relative_path, load_json, load_rgb_image
+from .masks import DEGENERATE, check_image_size, check_segmentation, segmentation_to_mask
 from .safe_pickle import load_pickle
 
-__all__ = ["ReferDataset", "split_order"]
+__all__ = ["ReferDataset", "split_order", "has_word"]
 
 _SPLIT_ORDER = ("train", "val", "test", "testA", "testB", "testC")
+
+
+def has_word(text: str) -> bool:
+    """True when ``text`` holds at least one letter or digit (in any script): an expression
+    of emoji or punctuation only names nothing, and word-level tokenizers drop all of it."""
+    return any(ch.isalnum() for ch in text)
 
 
 def split_order(splits: set[str] | list[str]) -> list[str]:
@@ -54,12 +71,19 @@ class ReferDataset:
             ``umd``/``google`` (RefCOCOg), ``synth`` (RefShapes). ``None``: the data set's default.
         image_dir: the image folder; default: the toolkit's folder for the data set
             (e.g. ``ROOT/images/mscoco/images/train2014``, else ``ROOT/images/train2014``).
+        strict: refuse degenerate-but-legal target annotations (see the module docstring)
+            instead of counting them in one warning.
 
     Raises:
         ValueError: unknown data set or split-by.
         FileNotFoundError: a missing file (the message names it).
         DataFormatError: a malformed file, a missing field, a ref naming a missing annotation
-            or image, an empty sentence.
+            or image, an empty sentence, a bad image size or file name, a segmentation or
+            bbox with values pycocotools must not see.
+
+    Attributes:
+        annotation_issues: degenerate issue name (:data:`~rislib.data.masks.DEGENERATE`) ->
+            ids of the target annotations that have it.
     """
 
     _catalog: dict[str, DatasetInfo] = REFER_DATASETS
@@ -71,9 +95,12 @@ class ReferDataset:
         dataset: str = "refcoco",
         split_by: str | None = None,
         image_dir: str | os.PathLike | None = None,
+        *,
+        strict: bool = False,
     ) -> None:
         self.root = Path(root)
         self.dataset = dataset
+        self.strict = bool(strict)
         self.info = self._resolve_info(dataset, split_by)
         self.split_by = split_by or self.info.default_split_by
         self.data_dir = self.root / dataset
@@ -83,6 +110,8 @@ class ReferDataset:
         self.refs_path = self._refs_path()
         self._load_instances(load_json(self.instances_path))
         self._index_refs(self._read_refs())
+        self.annotation_issues: dict[str, list[Any]] = {}
+        self._check_targets()
 
     # ------------------------------------------------------------------ loading
 
@@ -125,16 +154,29 @@ class ReferDataset:
                 raise DataFormatError(f"{path}: field {key!r} missing or not a list")
         self._images: dict[int, dict[str, Any]] = {}
         for i, img in enumerate(inst["images"]):
+            if not isinstance(img, dict):
+                raise DataFormatError(f"{path}: images[{i}] is a {type(img).__name__}, expected a dict")
             missing = [k for k in ("id", "file_name", "height", "width") if k not in img]
             if missing:
                 raise DataFormatError(f"{path}: images[{i}] lacks field(s) {missing}")
+            where = f"{path}: images[{i}] (id {img['id']!r})"
+            if not _hashable(img["id"]):
+                raise DataFormatError(f"{where} field 'id': expected a number or a string")
+            img["height"], img["width"] = check_image_size(img["height"], img["width"], where=where)
+            check_relative_path(img["file_name"], where=f"{where} field 'file_name'")
             self._images[img["id"]] = img
         self._anns: dict[int, dict[str, Any]] = {}
         self._image_anns: dict[int, list[int]] = defaultdict(list)
         for i, ann in enumerate(inst["annotations"]):
+            if not isinstance(ann, dict):
+                raise DataFormatError(f"{path}: annotations[{i}] is a {type(ann).__name__}, expected a dict")
             missing = [k for k in ("id", "image_id", "segmentation") if k not in ann]
             if missing:
                 raise DataFormatError(f"{path}: annotations[{i}] lacks field(s) {missing}")
+            for key in ("id", "image_id"):
+                if not _hashable(ann[key]):
+                    raise DataFormatError(f"{path}: annotations[{i}] field {key!r}: expected a number or a string, "
+                                          f"got {type(ann[key]).__name__}")  # fmt: skip
             if ann["image_id"] not in self._images:
                 raise DataFormatError(
                     f"{path}: annotations[{i}] (id {ann['id']}) names image_id {ann['image_id']}, "
@@ -148,7 +190,7 @@ class ReferDataset:
         self._check_ann(ref, ref["ann_id"], where)
 
     def _check_ann(self, ref: dict[str, Any], ann_id: Any, where: str) -> None:
-        if ann_id not in self._anns:
+        if not _hashable(ann_id) or ann_id not in self._anns:
             raise DataFormatError(
                 f"{self.refs_path}: {where} names ann_id {ann_id!r}, "
                 f"which is not an annotation in {self.instances_path}"
@@ -172,6 +214,10 @@ class ReferDataset:
             missing = [k for k in ("ref_id", "ann_id", "image_id", "split", "sentences") if k not in ref]
             if missing:
                 raise DataFormatError(f"{path}: {where} lacks field(s) {missing}")
+            for key in ("ref_id", "image_id", "split"):
+                if not _hashable(ref[key]):
+                    raise DataFormatError(f"{path}: {where} field {key!r}: expected a number or a string, "
+                                          f"got {type(ref[key]).__name__}")  # fmt: skip
             if ref["image_id"] not in self._images:
                 raise DataFormatError(
                     f"{path}: {where} names image_id {ref['image_id']!r}, "
@@ -190,10 +236,56 @@ class ReferDataset:
                         f"{path}: {where} sentence {s.get('sent_id', j)!r}: empty expression "
                         "(fields 'sent' and 'raw' are both empty or missing)"
                     )
+                for key in ("sent", "raw"):
+                    if s.get(key) and not isinstance(s[key], str):
+                        raise DataFormatError(f"{path}: {where} sentence {s.get('sent_id', j)!r} field {key!r}: "
+                                              f"expected a string, got {type(s[key]).__name__}")  # fmt: skip
+                if not has_word(text):
+                    raise DataFormatError(
+                        f"{path}: {where} sentence {s.get('sent_id', j)!r}: expected at least one letter or digit, "
+                        f"got {text!r}"
+                    )
             self._refs.append(ref)
             self._ref_by_id[ref["ref_id"]] = ref
             self._by_split[ref["split"]].append(ref)
             self._image_refs[ref["image_id"]].append(ref)
+
+    def _check_targets(self) -> None:
+        """Check every target annotation's segmentation and bbox; count the degenerate ones."""
+        seen: set[Any] = set()
+        issues: dict[str, list[Any]] = defaultdict(list)
+        for ref in self._refs:
+            for ann_id in self.target_ann_ids(ref):
+                if ann_id in seen:
+                    continue
+                seen.add(ann_id)
+                ann = self._anns[ann_id]
+                info = self._images[ann["image_id"]]
+                where = f"{self.instances_path} annotation {ann_id} field 'segmentation'"
+                found = check_segmentation(ann["segmentation"], info["height"], info["width"], where=where)
+                if "bbox" in ann:
+                    _check_bbox(ann["bbox"], f"{self.instances_path} annotation {ann_id} field 'bbox'")
+                if found and self.strict:
+                    raise DataFormatError(
+                        f"{where}: {'; '.join(DEGENERATE[i] for i in sorted(found))} "
+                        "(refused in strict mode; without it this is counted in a warning)"
+                    )
+                for name in sorted(found):
+                    issues[name].append(ann_id)
+        self.annotation_issues = dict(issues)
+        if issues:
+            n = len({a for ids in issues.values() for a in ids})
+            parts = []
+            for name, ids in sorted(issues.items()):
+                shown = ", ".join(map(str, ids[:3])) + (", ..." if len(ids) > 3 else "")
+                parts.append(f"{len(ids)} x {DEGENERATE[name]} (annotation {shown})")
+            warnings.warn(
+                f"{self.instances_path}: {n} of the {len(seen)} annotations that refs point to are degenerate: "
+                f"{'; '.join(parts)}. Their ground truth is empty or smaller than drawn and is scored as such; "
+                "strict=True (--strict) refuses them.",
+                DegenerateAnnotationWarning,
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ accessors
 
@@ -295,12 +387,14 @@ class ReferDataset:
 
     def image_path(self, ref_or_image_id: dict[str, Any] | int) -> Path:
         """The image file, from the image entry's ``file_name`` (never the ref's suffixed one)."""
-        return self.image_dir / self.image_info(ref_or_image_id)["file_name"]
+        info = self.image_info(ref_or_image_id)
+        where = f"{self.instances_path}: image {info['id']!r} field 'file_name'"
+        return self.image_dir / check_relative_path(info["file_name"], where=where)
 
     def image(self, ref_or_image_id: dict[str, Any] | int) -> Image.Image:
         """The image as an RGB PIL image (grayscale, RGBA, palette and 16-bit converted)."""
         info = self.image_info(ref_or_image_id)
-        path = self.image_dir / info["file_name"]
+        path = self.image_path(info["id"])
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path}: image file not found (image_id {info['id']}, field 'file_name' of {self.instances_path})"
@@ -312,7 +406,8 @@ class ReferDataset:
         ann = self.annotation(ann_id)
         info = self._images[ann["image_id"]]
         where = f"{self.instances_path} annotation {ann_id} field 'segmentation'"
-        return segmentation_to_mask(ann["segmentation"], int(info["height"]), int(info["width"]), where=where)
+        return segmentation_to_mask(ann["segmentation"], info["height"], info["width"], where=where,
+                                    strict=self.strict)  # fmt: skip
 
     def mask(self, ref: dict[str, Any]) -> np.ndarray:
         """The ref's ground-truth mask, bool ``[H, W]`` at the original image size.
@@ -321,7 +416,27 @@ class ReferDataset:
         pycocotools' ``COCO.annToMask``.
         """
         info = self.image_info(ref)
-        out = np.zeros((int(info["height"]), int(info["width"])), dtype=bool)
+        out = np.zeros((info["height"], info["width"]), dtype=bool)
         for ann_id in self.target_ann_ids(ref):
             out |= self.annotation_mask(ann_id)
         return out
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_bbox(bbox: Any, where: str) -> None:
+    """A COCO ``[x, y, width, height]`` box: four finite numbers, width and height >= 0."""
+    if (
+        not isinstance(bbox, list | tuple)
+        or len(bbox) != 4
+        or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
+    ):
+        raise DataFormatError(f"{where}: expected [x, y, width, height] of four finite numbers, got {bbox!r}")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise DataFormatError(f"{where}: expected a non-negative width and height, got {bbox!r}")

@@ -15,7 +15,12 @@ Source = ReferDataset | GReferDataset | PhraseCutDataset
 
 
 def open_source(
-    root: str | os.PathLike, dataset: str, split_by: str | None = None, *, image_dir: str | os.PathLike | None = None
+    root: str | os.PathLike,
+    dataset: str,
+    split_by: str | None = None,
+    *,
+    image_dir: str | os.PathLike | None = None,
+    strict: bool = False,
 ) -> Source:
     """Open a data set by name with the right loader and its default split-by.
 
@@ -26,12 +31,15 @@ def open_source(
         split_by: the refs file (``unc``, ``google``, ``umd``, ``synth``); ``None``: the
             data set's default. For PhraseCut this names the split to load (default ``test``).
         image_dir: override the image folder.
+        strict: refuse degenerate-but-legal target annotations (a polygon of fewer than 3
+            points, one outside its image, an empty segmentation...) instead of counting
+            them in one :class:`~rislib.data.errors.DegenerateAnnotationWarning`.
     """
     key = dataset.lower()
     if key in REFER_DATASETS:
-        return ReferDataset(root, key, split_by, image_dir)
+        return ReferDataset(root, key, split_by, image_dir, strict=strict)
     if key in GREFER_DATASETS:
-        return GReferDataset(root, key, split_by, image_dir)
+        return GReferDataset(root, key, split_by, image_dir, strict=strict)
     if key == "phrasecut":
-        return PhraseCutDataset(root, split_by or ALL_DATASETS["phrasecut"].default_split_by, image_dir)
+        return PhraseCutDataset(root, split_by or ALL_DATASETS["phrasecut"].default_split_by, image_dir, strict=strict)
     raise ValueError(f"unknown dataset {dataset!r}: expected one of {sorted(ALL_DATASETS)}")
