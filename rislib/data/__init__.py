@@ -10,7 +10,7 @@ REFER / gRefCOCO layouts (``shared/design/refshapes.md``).
 
 from .catalog import ALL_DATASETS, DatasetInfo
 from .dataset import RISDataset, collate_batch
-from .errors import DataFormatError
+from .errors import DataFormatError, DataRootError, DegenerateAnnotationWarning
 from .grefer import GReferDataset
 from .masks import mask_to_rle, segmentation_to_mask
 from .phrasecut import PhraseCutDataset
@@ -18,6 +18,7 @@ from .refer import ReferDataset
 from .refshapes import DEFAULT_COUNTS, SPLIT_TYPES, SPLITS, generate_refshapes
 from .refshapes_language import parse_expression
 from .refshapes_render import COLOURS, HELD_OUT_PAIRS, SHAPES
+from .roots import check_data_root, missing_files, root_state
 from .safe_pickle import load_pickle
 from .sources import open_source
 from .transforms import flip_expression, restore_mask
@@ -27,6 +28,8 @@ __all__ = [
     "COLOURS",
     "DEFAULT_COUNTS",
     "DataFormatError",
+    "DataRootError",
+    "DegenerateAnnotationWarning",
     "DatasetInfo",
     "GReferDataset",
     "HELD_OUT_PAIRS",
@@ -36,13 +39,16 @@ __all__ = [
     "SHAPES",
     "SPLITS",
     "SPLIT_TYPES",
+    "check_data_root",
     "collate_batch",
     "flip_expression",
     "generate_refshapes",
     "load_pickle",
     "mask_to_rle",
+    "missing_files",
     "open_source",
     "parse_expression",
     "restore_mask",
+    "root_state",
     "segmentation_to_mask",
 ]

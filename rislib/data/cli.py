@@ -15,6 +15,7 @@ import json
 from collections import Counter
 
 from .refshapes import DEFAULT_COUNTS, SPLITS, generate_refshapes
+from .roots import check_data_root
 from .sources import open_source
 
 __all__ = ["configure", "main", "split_statistics"]
@@ -38,6 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--dataset", required=True, help="refcoco, refcoco+, refcocog, refshapes, grefcoco, ...")
     info.add_argument("--split-by", default=None)
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument("--strict", action="store_true", help="refuse degenerate annotations instead of warning")
 
 
 def split_statistics(source) -> dict[str, dict[str, float | int | dict[str, int]]]:
@@ -72,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
         )
         print(json.dumps(summary, indent=2))
         return 0
-    source = open_source(args.data, args.dataset, args.split_by)
+    check_data_root(args.data, args.dataset, args.split_by)
+    source = open_source(args.data, args.dataset, args.split_by, strict=args.strict)
     stats = split_statistics(source)
     if args.json:
         print(json.dumps(stats, indent=2))

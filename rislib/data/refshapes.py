@@ -41,6 +41,7 @@ import os
 import pickle
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -357,10 +358,28 @@ def _check_counts(counts: Mapping[str, int] | None) -> dict[str, int]:
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes) -> Path | None:
+    """Write ``data`` to ``path`` atomically, never replacing a different file in place.
+
+    An existing file with the same bytes is left as it is (the generator is deterministic,
+    so regenerating the same data set changes nothing); one with other bytes is first moved
+    aside to ``<name>.replaced-<time>`` (returned) and a warning names both files.
+    """
+    aside = None
+    if path.is_file():
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return None
+        aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        k = 1
+        while aside.exists():
+            aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{k}")
+            k += 1
+        os.replace(path, aside)
+        warnings.warn(f"{path}: an existing file with other content was moved to {aside.name}", stacklevel=3)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+    return aside
 
 
 def _pickle_bytes(obj: Any) -> bytes:
@@ -399,7 +418,10 @@ def generate_refshapes(
     """Generate RefShapes (and gRefShapes with ``generalized=True``) under ``out_dir``.
 
     Args:
-        out_dir: data root (``ROOT`` in the layout above); created if missing.
+        out_dir: data root (``ROOT`` in the layout above); created if missing. Annotation
+            files already there are never overwritten in place: identical ones are kept, and
+            different ones are moved aside to ``<name>.replaced-<time>`` first (a warning
+            names them).
         seed: data set seed; the same seed and parameters give byte-identical files.
         size: image side ``S``, a multiple of 32 in [64, 1024].
         counts: images per split, e.g. ``{"train": 20, "val": 4}``; splits left out get none.
