@@ -139,6 +139,7 @@ def run_row(model_name: str, overrides: dict[str, Any], args: argparse.Namespace
     train = RISDataset(source, "train", mode="train", image_size=args.image_size, hflip=recipe.hflip, seed=args.seed)
     cfg = recipe.train_config(
         out_dir=str(Path(args.runs) / name),
+        overwrite=True,  # a rerun moves the earlier training folder aside (run_folder.py)
         steps=args.steps,
         warmup_steps=warmup_steps(recipe, args.steps),
         batch_size=args.batch_size,

@@ -5,7 +5,8 @@
 2. trains the ``tiny`` preset of a method (``--model``, default ``xattn``) on the CPU with
    the ``cpu`` recipe for at most ``--max-minutes`` (5), with a progress bar; the number of
    steps is sized to the budget from a short timing first, so the learning-rate schedule
-   runs to its end;
+   runs to its end; an earlier demo run in ``runs/demo/<model>_<preset>`` is moved aside
+   (to ``<model>_<preset>.replaced-<time>``), never deleted;
 3. evaluates it on val, testA (appearance words), testB (spatial words) and testC (unseen
    colour-shape pairs) and prints the metrics table;
 4. draws predictions beside the ground truth (``figures/demo_predictions.png``) and the
@@ -305,7 +306,8 @@ def main(args: argparse.Namespace) -> int:
     steps = args.steps or estimate_steps(model, train, batch_size=recipe.batch_size, minutes=args.max_minutes,
                                          max_steps=recipe.steps or 1500, seed=args.seed)  # fmt: skip
     cfg = recipe.train_config(
-        out_dir=str(run), max_minutes=args.max_minutes, device="cpu", seed=args.seed, workers=0, steps=steps,
+        out_dir=str(run), overwrite=True, max_minutes=args.max_minutes, device="cpu", seed=args.seed, workers=0,
+        steps=steps,
         warmup_steps=min(recipe.warmup_steps, steps // 10), progress=not args.no_progress,
         run_info={"dataset": "refshapes", "command": "python -m rislib demo"},
     )  # fmt: skip

@@ -313,7 +313,7 @@ def test_a_non_finite_step_leaves_weights_and_batchnorm_statistics_untouched(tmp
 
 
 def test_time_budget_stops_with_a_resumable_checkpoint(tmp_path):
-    cfg = toy_config(tmp_path, steps=50, max_minutes=0.0)
+    cfg = toy_config(tmp_path, steps=50, max_minutes=1e-9)
     res = Trainer(build_toy(), cfg, train_dataset=ToyShapes(48), collate_fn=toy_collate).fit()
     assert res.summary["status"] == "time budget" and res.summary["steps"] == 1
     assert [s for s, _ in find_checkpoints(tmp_path / "run")] == [1] and res.final_checkpoint.is_file()

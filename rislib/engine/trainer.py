@@ -73,6 +73,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_weights
+from ..errors import ConfigError, RislibError
 from ..models.base import RISModel
 from ..models.registry import save_model
 from ..types import Batch, TextInput
@@ -87,6 +88,7 @@ from .distributed import (
     setup_distributed,
 )
 from .ema import ModelEMA
+from .run_folder import RunFolderError, RunLock, check_resume, move_aside, no_readable_checkpoint, prepare_fresh
 
 __all__ = [
     "TrainConfig",
@@ -105,7 +107,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 _CKPT_RE = re.compile(r"^step_(\d+)\.pt$")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RislibError, RuntimeError):
     """A loss term (or the gradient norm) became NaN or infinite; training stopped."""
 
 
@@ -159,7 +161,11 @@ class TrainConfig:
             always validates when a validation set is given.
         val_batch_size: evaluation batch size.
         best_metric: validation metric that selects ``best.pt`` (higher is better).
-        resume: continue from the newest checkpoint in ``out_dir/checkpoints`` if any.
+        resume: continue from the newest readable checkpoint in ``out_dir/checkpoints``; an
+            error when the folder holds a run but no readable checkpoint (an empty or new
+            folder starts afresh). See :mod:`rislib.engine.run_folder`.
+        overwrite: a fresh run into a folder holding an earlier run moves that run aside to
+            ``<out_dir>.replaced-<time>`` (without it, such a folder is an error).
         progress: show a tqdm bar.
         tensorboard: also write TensorBoard scalars when ``torch.utils.tensorboard`` imports.
         run_info: recorded in ``summary.json`` (``dataset``, ``recipe``, the command...).
@@ -202,16 +208,17 @@ class TrainConfig:
     val_batch_size: int = 32
     best_metric: str = "mIoU"
     resume: bool = False
+    overwrite: bool = False
     progress: bool = True
     tensorboard: bool = True
     run_info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+            return ConfigError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
         if (self.epochs is None) == (self.steps is None):
-            raise ValueError(
+            raise ConfigError(
                 f"TrainConfig: set exactly one of epochs / steps (got epochs={self.epochs}, steps={self.steps})"
             )
         if self.epochs is not None and self.epochs < 1:
@@ -228,11 +235,19 @@ class TrainConfig:
             raise bad("schedule", f"one of {SCHEDULES}")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"one of {PRECISIONS}")
-        if self.lr <= 0:
-            raise bad("lr", "a positive number")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "a positive finite number")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise bad("max_minutes", "a positive number of minutes or None")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", "a non-negative finite number")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise bad("eps", "a positive finite number")
+        if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
+            raise bad("betas", "two numbers in [0, 1)")
         if self.warmup_steps < 0:
             raise bad("warmup_steps", "a non-negative integer")
-        if self.grad_clip is not None and self.grad_clip <= 0:
+        if self.grad_clip is not None and not (self.grad_clip > 0):  # NaN fails too; inf means no clipping
             raise bad("grad_clip", "a positive number or None")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise bad("ema_decay", "a number in [0, 1) or None")
@@ -578,7 +593,7 @@ class Trainer:
 
         world = self.dist.world_size
         if config.batch_size % (world * config.grad_accum):
-            raise ValueError(
+            raise ConfigError(
                 f"TrainConfig.batch_size: {config.batch_size} is not divisible by processes x grad_accum "
                 f"= {world} x {config.grad_accum}"
             )
@@ -682,6 +697,7 @@ class Trainer:
         self._resumed_from: Path | None = None
         self._time_flag_total = 0.0
         self._saved_step: int | None = None
+        self._lock: RunLock | None = None
 
     # ---- properties --------------------------------------------------------------------
     @property
@@ -911,18 +927,26 @@ class Trainer:
         return path
 
     def _load_checkpoint(self) -> bool:
-        """Restore the newest readable checkpoint; False when there is none."""
+        """Restore the newest readable checkpoint; False when there is none.
+
+        Raises:
+            RunFolderError: checkpoints exist but none is readable (each file named, with
+                its reason), unless ``config.overwrite`` (then the run is moved aside).
+        """
         if self.is_main:
             folder = self.out_dir / "checkpoints"
             for stale in folder.glob(".step_*.tmp") if folder.is_dir() else []:
                 stale.unlink(missing_ok=True)  # left by a crash during a write
         barrier()
+        failures: list[tuple[Path, str]] = []
         for step, path in find_checkpoints(self.out_dir):
             try:
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
                 state = ckpt["trainer"]
             except Exception as e:  # noqa: BLE001 - try the previous checkpoint
-                warnings.warn(f"{path}: unreadable checkpoint ({e}); trying an older one", stacklevel=2)
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+                failures.append((path, reason))
+                warnings.warn(f"{path}: unreadable checkpoint ({reason}); trying an older one", stacklevel=2)
                 continue
             old = state.get("train_config", {})
             for key in ("batch_size", "seed", "lr", "schedule", "epochs", "steps"):
@@ -961,6 +985,12 @@ class Trainer:
                 with open(self.out_dir / "log.jsonl", "w") as f:
                     f.writelines(json.dumps(r) + "\n" for r in rows)
             return True
+        if failures and not self.config.overwrite:
+            raise no_readable_checkpoint(self.out_dir, failures)
+        if failures and self.is_main:
+            aside = move_aside(self.out_dir)
+            tqdm.write(f"{self.out_dir}: no readable checkpoint; the run was moved to {aside}; starting afresh")
+        barrier()
         return False
 
     # ---- validation --------------------------------------------------------------------
@@ -1012,19 +1042,32 @@ class Trainer:
     def _start(self) -> bool:
         """Prepare the run folder; resume or seed. Returns True when resumed."""
         cfg = self.config
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        plan, problem = "fresh", None
+        if self.is_main:  # lock the folder, then check it (run_folder.py); never delete an earlier run
+            try:
+                self._lock = RunLock(self.out_dir, command=cfg.run_info.get("command")).acquire()
+                if self._lock.stale:
+                    tqdm.write(f"{self.out_dir}: taking over the lock of PID {self._lock.stale.get('pid')} on "
+                               f"{self._lock.stale.get('host')}, which has ended")  # fmt: skip
+                if cfg.resume:
+                    found = [p for _, p in find_checkpoints(self.out_dir)]
+                    plan = check_resume(self.out_dir, found, overwrite=cfg.overwrite)
+                    if plan == "fresh":
+                        tqdm.write(f"{self.out_dir}: no earlier run to resume; starting afresh")
+                else:
+                    aside = prepare_fresh(self.out_dir, overwrite=cfg.overwrite)
+                    if aside is not None:
+                        tqdm.write(f"{self.out_dir}: the earlier run was moved to {aside}")
+            except RunFolderError as e:
+                problem = str(e)
+        plan, problem = broadcast_object((plan, problem))
+        if problem is not None:
+            self._release_lock()
+            raise RunFolderError(problem)
         barrier()
-        resumed = cfg.resume and self._load_checkpoint()
+        resumed = plan == "resume" and self._load_checkpoint()
         if not resumed:
             _seed_everything(cfg.seed)
-            if self.is_main:
-                # a fresh run replaces whatever an earlier run left in this folder
-                old = [p for _, p in find_checkpoints(self.out_dir)]
-                for p in [*old, *(self.out_dir / n for n in ("log.jsonl", "log.csv", "best.pt", "final.pt"))]:
-                    p.unlink(missing_ok=True)
-                if old:
-                    tqdm.write(f"fresh run in {self.out_dir}: removed {len(old)} checkpoint(s) of an earlier run")
         barrier()
         if self.is_main:
             self._write_config()
@@ -1041,12 +1084,27 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         return resumed
 
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
     def fit(self) -> TrainResult:
         """Train for the configured length (resuming first when ``config.resume``).
 
+        The run folder is locked for the duration (:mod:`rislib.engine.run_folder`).
+
         Raises:
             NonFiniteLossError: see :meth:`train_step`; ``summary.json`` records it.
+            RunFolderError: the folder is in use, holds another run (fresh run without
+                ``overwrite``), or has no readable checkpoint to resume from.
         """
+        try:
+            return self._fit()
+        finally:
+            self._release_lock()
+
+    def _fit(self) -> TrainResult:
         if self.train_dataset is None or self.sampler is None:
             raise ValueError("Trainer.fit: no train_dataset was given")
         cfg = self.config
