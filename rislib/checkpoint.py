@@ -20,7 +20,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["atomic_save", "read_state_dict", "LoadReport", "CheckpointMismatchError", "load_weights"]
+from .errors import CheckpointError, RislibError
+
+__all__ = [
+    "atomic_save",
+    "read_state_dict",
+    "LoadReport",
+    "CheckpointMismatchError",
+    "check_state_dict",
+    "load_weights",
+    "non_finite_tensors",
+]
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -59,7 +69,7 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - re-raised with the file name
-            raise ValueError(f"{path}: not a readable weights-only torch checkpoint ({e})") from e
+            raise CheckpointError(f"{path}: not a readable weights-only torch checkpoint ({e})") from e
     if key is not None:
         if not isinstance(sd, Mapping) or key not in sd:
             raise KeyError(f"{path}: expected a dict with key {key!r}")
@@ -70,11 +80,11 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
                 sd = sd[k]
                 break
     if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: expected a mapping of parameter names to tensors")
+        raise CheckpointError(f"{path}: expected a mapping of parameter names to tensors")
     return dict(sd)
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(RislibError, RuntimeError):
     """Raised when a checkpoint's keys or shapes do not fit the module."""
 
 
@@ -118,6 +128,33 @@ def load_weights(
     if not isinstance(state_dict, Mapping):
         source = source or str(state_dict)
         state_dict = read_state_dict(state_dict)
+    own = module.state_dict()
+    missing, unexpected = check_state_dict(
+        module, state_dict, source=source, allow_missing=allow_missing, allow_unexpected=allow_unexpected
+    )
+    module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    return LoadReport(loaded=[k for k in own if k in state_dict], missing=missing, unexpected=unexpected)
+
+
+def check_state_dict(
+    module: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    *,
+    source: str | None = None,
+    allow_missing: Iterable[str] = (),
+    allow_unexpected: Iterable[str] = (),
+) -> tuple[list[str], list[str]]:
+    """The key and shape check of :func:`load_weights`, without loading anything.
+
+    Works on a module built on the meta device, so a checkpoint can be compared with the
+    model its config describes before that model takes any memory.
+
+    Returns:
+        ``(missing, unexpected)`` keys (the allowed ones).
+
+    Raises:
+        CheckpointMismatchError: as :func:`load_weights`.
+    """
     source = source or "state dict"
     allow_missing, allow_unexpected = list(allow_missing), list(allow_unexpected)
     own = module.state_dict()
@@ -139,5 +176,10 @@ def load_weights(
         if bad_shape:
             msg.append(f"  shape mismatches ({len(bad_shape)}): {bad_shape[:20]}")
         raise CheckpointMismatchError("\n".join(msg))
-    module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
-    return LoadReport(loaded=[k for k in own if k in state_dict], missing=missing, unexpected=unexpected)
+    return missing, unexpected
+
+
+def non_finite_tensors(state_dict: Mapping[str, Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]  # fmt: skip

@@ -24,7 +24,27 @@ from torch import Tensor, nn
 from ..encoders.base import TextEncoder, VisionEncoder
 from ..types import Batch, ModelOutput, TextInput
 
-__all__ = ["ModelConfig", "RISModel"]
+__all__ = ["ModelConfig", "RISModel", "check_image_range"]
+
+
+def check_image_range(images: Tensor, where: str, tolerance: float = 1e-3) -> None:
+    """Refuse images that are not float values in ``[0, 1]`` (the :class:`Batch` convention).
+
+    Every vision encoder normalises ``[0, 1]`` input with its own statistics, so 0-255 pixel
+    values (uint8, or floats) give confident nonsense rather than an error; this check
+    makes them an error. One reduction, so it costs one host-device synchronisation.
+    """
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{where}: Batch.images: expected float values in [0, 1], got dtype {images.dtype} "
+            "(for 0-255 pixels use images.float() / 255)"
+        )
+    if images.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+    if not (lo >= -tolerance and hi <= 1 + tolerance):  # NaN fails too
+        hint = " (0-255 pixels? divide by 255)" if hi > 1.5 else ""
+        raise ValueError(f"{where}: Batch.images: expected values in [0, 1], got values in [{lo:g}, {hi:g}]{hint}")
 
 
 @dataclass
@@ -104,7 +124,11 @@ class RISModel(nn.Module, ABC):
 
         Runs in eval mode and restores the previous mode afterwards. A model with a
         ``"no_target_logits"`` output multiplies by the probability that a target exists.
+
+        Raises:
+            ValueError: ``batch.images`` are not float values in ``[0, 1]`` (e.g. 0-255 pixels).
         """
+        check_image_range(batch.images, f"{type(self).__name__}.predict")
         was_training = self.training
         self.eval()
         try:
