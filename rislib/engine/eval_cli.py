@@ -9,8 +9,10 @@ Examples::
         --split val --protocol network      # the LAVT/MagNet protocol, to compare with their tables
 
 With ``--checkpoint`` the model is rebuilt from the file (``rislib.models.load_model``), so
-``--preset`` is read from it. Without a checkpoint a learned model is scored at random
-initialisation (a warning says so); heuristics need none.
+``--preset`` is read from it; the file must hold the ``--model`` asked for, with finite
+weights. Without a checkpoint a learned model is scored at random initialisation (a warning
+says so); heuristics need none. A missing or incomplete ``--data`` root is an error that
+lists what is missing; ``--strict`` refuses degenerate annotations instead of counting them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split-by", default=None, help="REFER splitBy (default: the data set's usual one)")
     parser.add_argument("--split", default="val", help="split to score (default val)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse degenerate annotations (2-point polygons, shapes off the image...) instead of "
+                             "counting them in a warning")  # fmt: skip
     parser.add_argument(
         "--protocol",
         choices=("original", "network"),
@@ -54,14 +59,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..data import RISDataset, open_source
+    from ..data import RISDataset, check_data_root, open_source
     from ..models import build_model, load_model
     from .evaluator import evaluate
     from .heuristics import available as heuristic_names
     from .heuristics import build_heuristic
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    source = open_source(args.data, args.dataset, args.split_by)
+    check_data_root(args.data, args.dataset, args.split_by)
+    source = open_source(args.data, args.dataset, args.split_by, strict=args.strict)
     run_info: dict = {}
     if args.model in heuristic_names():
         if args.checkpoint:
@@ -70,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
         image_size = args.image_size or 128
     else:
         if args.checkpoint:
-            predictor = load_model(args.checkpoint, map_location=device)
+            predictor = load_model(args.checkpoint, map_location=device, expect=args.model)
             run_info["checkpoint"] = str(args.checkpoint)
         else:
             print(

@@ -2,9 +2,9 @@
 
 Examples::
 
-    # RefShapes on one GPU (generated into data/refshapes first if it is not there)
+    # RefShapes on one GPU (--generate: generate it into data/refshapes first if it is not there)
     python -m rislib train --model maris --preset small --dataset refshapes --data data/refshapes \\
-        --recipe refshapes --out runs/maris_small
+        --recipe refshapes --out runs/maris_small --generate
 
     # a few minutes on the CPU, an ablation switch, then resume after an interruption
     python -m rislib train --model maris --preset tiny --data data/refshapes --recipe cpu \\
@@ -15,6 +15,13 @@ Examples::
     torchrun --standalone --nproc_per_node 4 -m rislib train --model magnet --preset paper \\
         --dataset refcoco --data /datasets/refer --recipe paper --out runs/magnet_refcoco \\
         --set vision_checkpoint=/weights/swin_base_patch4_window12_384_22k.pth
+
+The run folder ``--out`` is never destroyed: a fresh run needs an empty (or new) folder, or
+``--overwrite``, which moves the old run aside; ``--resume`` continues from the newest
+readable checkpoint and is an error when there is none; a lock file stops a second process
+from writing into the same folder (:mod:`rislib.engine.run_folder`). The data root is only
+read: a missing or incomplete one is an error listing what is missing, and RefShapes is
+generated only with ``--generate`` into a root that holds none of it.
 
 Several machines: see :mod:`rislib.engine.distributed`. ``--set key=value`` overrides model
 config fields (``true``/``false``/``none``, numbers, tuples and lists are parsed as Python
@@ -75,17 +82,24 @@ def ensure_refshapes(
     root: str | Path, dataset: str = "refshapes", *, size: int = 256, counts: dict[str, int] | None = None,
     seed: int = 0, verbose: bool = True,
 ) -> bool:  # fmt: skip
-    """Generate RefShapes (or gRefShapes) under ``root`` unless its files are already there.
+    """Generate RefShapes (or gRefShapes) under ``root`` when it holds none of its files.
 
-    Returns True when files were generated.
+    Returns True when files were generated, False when the data set is already complete.
+
+    Raises:
+        DataRootError: the root holds part of the data set (the message lists what is
+            missing); it is not regenerated over, so nothing there is overwritten.
     """
-    from ..data import generate_refshapes
+    from ..data import check_data_root, generate_refshapes, root_state
 
     root = Path(root)
-    folder = "grefshapes" if dataset == "grefshapes" else "refshapes"
-    refs_file = "grefs(synth).json" if dataset == "grefshapes" else "refs(synth).p"
-    if (root / folder / "instances.json").is_file() and (root / folder / refs_file).is_file():
+    state = root_state(root, dataset)
+    if state == "complete":
         return False
+    if state == "incomplete":
+        flag = " --generalized" if dataset == "grefshapes" else ""
+        check_data_root(root, dataset, hint=f"repair it, or regenerate it with `python -m rislib data refshapes --out "
+                                            f"{root}{flag}`")  # fmt: skip
     size = size if size % 32 == 0 and 64 <= size <= 1024 else 256
     if verbose:
         what = ", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "the default split sizes"
@@ -97,12 +111,12 @@ def ensure_refshapes(
 
 def build_datasets(
     root: str | Path, dataset: str, *, image_size: int, hflip: bool, seed: int, split_by: str | None = None,
-    train_split: str = "train", val_split: str | None = "val",
+    train_split: str = "train", val_split: str | None = "val", strict: bool = False,
 ):  # fmt: skip
     """``(train, val)`` :class:`~rislib.data.RISDataset` s (``val`` is None when the split is absent)."""
     from ..data import RISDataset, open_source
 
-    source = open_source(root, dataset, split_by)
+    source = open_source(root, dataset, split_by, strict=strict)
     train = RISDataset(source, train_split, mode="train", image_size=image_size, hflip=hflip, seed=seed)
     val = None
     if val_split and val_split in source.splits():
@@ -121,7 +135,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--val-split", default="val", help="validation split ('' for none)")
     p.add_argument("--recipe", default="refshapes", help="paper | refshapes | cpu (default refshapes)")
     p.add_argument("--out", required=True, help="run folder (logs, checkpoints, curves, summary.json)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest readable checkpoint in --out (an error when there is none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier run: move it aside to <out>.replaced-<time> and start afresh")
+    p.add_argument("--generate", action="store_true",
+                   help="refshapes/grefshapes: generate the data set into --data when it holds none of it")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse degenerate annotations (2-point polygons, shapes off the image...) instead of warning")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this many minutes")
     p.add_argument("--set", dest="model_set", action="append", metavar="KEY=VALUE", help="model config override")
     p.add_argument("--train", dest="train_set", action="append", metavar="KEY=VALUE", help="TrainConfig override")
@@ -135,13 +156,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers per process (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--generate-counts", default=None, metavar="SPLIT=N,...",
-                   help="RefShapes split sizes when generating (default: the spec's)")  # fmt: skip
+                   help="RefShapes split sizes with --generate (default: the spec's)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true")
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..data import DataRootError, check_data_root
+    from ..errors import RislibError
     from ..models import build_model
-    from .distributed import barrier, cleanup_distributed, setup_distributed
+    from .distributed import barrier, broadcast_object, cleanup_distributed, setup_distributed
     from .recipes import get_recipe
     from .trainer import NonFiniteLossError, Trainer
 
@@ -150,17 +173,32 @@ def main(args: argparse.Namespace) -> int:
         recipe = get_recipe(args.model, args.recipe)
         model_overrides = {**recipe.model_overrides(), **parse_assignments(args.model_set, "--set")}
         train_overrides = parse_assignments(args.train_set, "--train")
-        if args.dataset in ("refshapes", "grefshapes"):
-            if ctx.is_main:
-                ensure_refshapes(args.data, args.dataset, size=recipe.image_size,
-                                 counts=parse_counts(args.generate_counts), seed=0)  # fmt: skip
-            barrier()
+        synthetic = args.dataset in ("refshapes", "grefshapes")
+        if args.generate and not synthetic:
+            raise DataRootError(f"--generate: only refshapes and grefshapes can be generated, not {args.dataset!r}")
+        problem = None
+        if ctx.is_main:  # one process generates or checks; every process learns the outcome
+            try:
+                if args.generate:
+                    ensure_refshapes(args.data, args.dataset, size=recipe.image_size,
+                                     counts=parse_counts(args.generate_counts), seed=0)  # fmt: skip
+                hint = (f"generate it with `python -m rislib data refshapes --out {args.data}` or add --generate"
+                        if synthetic else "")  # fmt: skip
+                check_data_root(args.data, args.dataset, args.split_by, hint=hint)
+            except RislibError as e:
+                problem = str(e)
+        problem = broadcast_object(problem)
+        if problem:
+            raise DataRootError(problem)
+        barrier()
         torch.manual_seed(args.seed)
         model = build_model(args.model, args.preset, **model_overrides)
         train, val = build_datasets(
             args.data, args.dataset, image_size=model.config.image_size, hflip=recipe.hflip, seed=args.seed,
             split_by=args.split_by, train_split=args.train_split, val_split=args.val_split or None,
+            strict=args.strict,
         )  # fmt: skip
+        train.check_expressions(model.tokenizer)  # a sentence the tokenizer refuses stops here, named
         explicit = {
             "steps": args.steps,
             "epochs": args.epochs,
@@ -170,6 +208,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = recipe.train_config(
             out_dir=args.out,
             resume=args.resume,
+            overwrite=args.overwrite,
             max_minutes=args.max_minutes,
             precision=args.precision,
             compile=args.compile,
@@ -201,7 +240,9 @@ def main(args: argparse.Namespace) -> int:
             s = result.summary
             print(json.dumps({k: s[k] for k in ("status", "steps", "train_minutes", "samples_per_s", "metrics")},
                              indent=2, default=str))  # fmt: skip
-            print(f"run folder: {result.out_dir} (summary.json, log.csv, curves.png, final.pt, best.pt)")
+            names = ("summary.json", "log.csv", "curves.png", "final.pt", "best.pt", "checkpoints")
+            present = [n for n in names if (result.out_dir / n).exists()]
+            print(f"run folder: {result.out_dir} ({', '.join(present)})")
         return 0
     finally:
         cleanup_distributed(ctx)
