@@ -17,6 +17,7 @@ from toy_model import ToyModel  # noqa: F401  (registers _toy_eval_model)
 
 from rislib import Batch
 from rislib.data import RISDataset, generate_refshapes, open_source
+from rislib.data.transforms import Letterbox
 from rislib.engine import Evaluator, eval_cli, evaluate, heuristics, result_path
 from rislib.engine.heuristics import available, build_heuristic, salience_scores
 from rislib.models import build_model, save_model
@@ -82,6 +83,44 @@ def test_original_protocol_resizes_prediction_and_scores_against_original_mask()
     # A mask already at the original size is scored as it is.
     r_list = evaluate(lambda b: [ds.source.gt.copy()], ds, progress=False)
     assert r_list.metrics["mIoU"] == 100.0
+
+
+class _LetterboxedHandDataset(_HandDataset):
+    """The same 100 x 150 image letterboxed into 64 x 64: scale 64/150, resized to 43 x 64 (h x w),
+    placed at (x, y) = (0, 10); rows 0..9 and 53..63 are padding."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        item["meta"]["letterbox"] = Letterbox(64 / 150, (0, 10), (43, 64))
+        return item
+
+
+def test_original_protocol_crops_the_letterbox_padding_before_resizing():
+    from PIL import Image
+
+    from rislib.data.transforms import resize_pair
+
+    _, _, box = resize_pair(Image.new("RGB", (150, 100)), np.zeros((100, 150), bool), 64, "letterbox")
+    assert (box.offset, box.resized) == ((0, 10), (43, 64))  # the numbers used below, from the real transform
+    ds = _LetterboxedHandDataset()
+
+    def padding_only(batch):  # probability 1 on the padding rows only: nothing of the image
+        prob = torch.ones(len(batch), 1, 64, 64)
+        prob[..., 10:53, :] = 0.0
+        return prob
+
+    r = evaluate(padding_only, ds, batch_size=1, progress=False)
+    assert (r.rows[0]["pred_area"], r.rows[0]["I"], r.rows[0]["U"]) == (0, 0, 5000)
+
+    def left_half_of_image(batch):  # columns 0..31 of the image rows
+        prob = torch.zeros(len(batch), 1, 64, 64)
+        prob[..., 10:53, :32] = 1.0
+        return prob
+
+    # after the crop, the 43 x 64 map is 1 on columns 0..31 of every row; bilinear to 100 x 150 keeps
+    # columns x < 74.5 (as in the squash case): 75 x 100 = 7,500 px, I = 2,500, U = 10,000.
+    r = evaluate(left_half_of_image, ds, batch_size=1, progress=False)
+    assert (r.rows[0]["pred_area"], r.rows[0]["I"], r.rows[0]["U"]) == (7500, 2500, 10000)
 
 
 def test_network_protocol_scores_at_input_size_against_nearest_resized_mask():

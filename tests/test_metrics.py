@@ -125,6 +125,18 @@ def test_empty_vs_empty_is_zero_for_targets_and_one_under_giou():
     assert [row["gIoU_score"] for row in acc2.per_sample()] == [1.0, 0.0]
 
 
+def test_ciou_is_nan_when_no_pixel_is_predicted_or_true_anywhere():
+    # only no-target samples, all answered correctly with empty masks: sum I / sum U = 0 / 0,
+    # which the module docstring defines as nan (undefined), not 0 (a score)
+    z = np.zeros((3, 3), bool)
+    acc = MetricAccumulator()
+    acc.update(z, z)
+    acc.update(z, z)
+    r = acc.compute()
+    assert math.isnan(r["cIoU"]) and r["gIoU"] == 100.0 and r["N-acc"] == 100.0
+    assert math.isnan(r["oIoU"]) and math.isnan(r["mIoU"]) and r["n"] == 2  # no target sample at all
+
+
 def test_t_acc_counts_empty_predictions_on_targets():
     g = np.zeros((4, 4), bool)
     g[0] = True

@@ -230,6 +230,27 @@ def test_grad_accumulation_equals_a_bigger_batch(tmp_path):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
 
 
+def test_gradient_clipping_scales_the_gradients_the_optimiser_sees(tmp_path):
+    # Adam is almost invariant to a uniform gradient scale, so clipping barely changes the weights:
+    # look at the gradients at the optimiser step instead.
+    data = ToyShapes(16)
+    batch = toy_collate([data[i] for i in range(8)])
+    norms = {}
+    for clip in (None, 0.01):
+        torch.manual_seed(3)
+        trainer = Trainer(build_toy(), toy_config(tmp_path, grad_clip=clip), train_dataset=data)
+
+        def at_step(opt, args, kwargs, clip=clip):
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            norms[clip] = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+        trainer.optimizer.register_step_pre_hook(at_step)
+        logged = trainer.train_step(batch)["grad_norm"]  # the norm before clipping, in both cases
+        assert logged == pytest.approx(norms[None], rel=1e-4)
+    assert norms[None] > 0.05  # so that clipping at 0.01 has something to do
+    assert norms[0.01] == pytest.approx(0.01, rel=1e-3)
+
+
 def test_fit_loss_falls_and_writes_logs_curves_summary_checkpoints(tmp_path):
     torch.manual_seed(0)
     model = build_toy()
