@@ -50,7 +50,7 @@ test-browser: setup
 	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium; }
 	@git status --porcelain > $(TREE_BEFORE) 2>/dev/null || true
-	RISLIB_BROWSER_SCREENSHOT=$(RISLIB_BROWSER_SCREENSHOT) RISLIB_CHROMIUM=$$(command -v chromium) $(BIN)/python -m pytest -m browser tests/test_browser.py
+	RISLIB_BROWSER_SCREENSHOT=$(RISLIB_BROWSER_SCREENSHOT) RISLIB_CHROMIUM=$$(command -v chromium) $(BIN)/python -m pytest -m browser tests
 	@case "$(RISLIB_BROWSER_SCREENSHOT)" in figures/*) ;; *) $(CHECK_TREE) ;; esac
 
 demo: setup
