@@ -1,6 +1,6 @@
 """The torch ``Dataset`` over any loader, and the collate function that builds a :class:`~rislib.types.Batch`.
 
-Sampling follows the papers' protocols (``shared/reference/datasets.md`` section 1.7):
+Sampling follows the papers' protocols (``docs/data.md#how-the-reference-code-reads-the-data``):
 
 * ``mode="train"``: one item per ref (object); each access draws one of its sentences at
   random (LAVT, CRIS, MagNet, CARIS);

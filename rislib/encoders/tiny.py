@@ -4,7 +4,7 @@
 * :class:`TinyTextTransformer`: word embeddings + learned positions + a few transformer layers.
 * :class:`TinyBiGRU`: word embeddings + a bidirectional GRU with the two directions summed and
   self-attentive pooling to a sentence vector, the language branch of the MCN/LTS family
-  (``shared/reference/papers.md`` section 3.4).
+  (``docs/methods/lts.md#the-mcn-family``).
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ class TinyTextTransformer(TextEncoder):
 class TinyBiGRU(TextEncoder):
     """Embeddings -> bidirectional GRU (directions summed) -> self-attentive pooling.
 
-    MCN's language branch, which LTS is recalled to share (papers.md sections 3.3-3.4,
-    [recall]): ``a = softmax_L(w^T tanh(W h_l))``, ``f = sum_l a_l h_l``.
+    MCN's language branch, which LTS is recalled to share (docs/methods/lts.md#recalled-details
+    and #the-mcn-family, [recall]): ``a = softmax_L(w^T tanh(W h_l))``, ``f = sum_l a_l h_l``.
 
     Args:
         dim: GRU hidden size per direction (= word and sentence feature width).

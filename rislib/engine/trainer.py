@@ -286,10 +286,10 @@ def lr_factor(
 
       - ``constant``: 1;
       - ``poly``: ``m + (1 - m) (1 - p)^power``; with no warmup and ``m = 0`` this is
-        LAVT's per-iteration ``(1 - it / total)^0.9`` (papers.md 4.5, [src]);
+        LAVT's per-iteration ``(1 - it / total)^0.9`` (docs/methods/magnet.md#training-recipe, [src]);
       - ``cosine``: ``m + (1 - m) (1 + cos(pi p)) / 2``;
       - ``step``: ``gamma^k``, ``k`` = milestones (fractions of ``total_steps``) passed,
-        MCN's x0.1 steps at epochs 30/35/40 of 45 (papers.md 3.4, [src]).
+        MCN's x0.1 steps at epochs 30/35/40 of 45 (docs/methods/lts.md#the-mcn-family, [src]).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"lr_factor: schedule must be one of {SCHEDULES}, got {schedule!r}")
