@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
+from toy_model import ToyModel  # noqa: F401  (registers _toy_for_tests)
 
-import tests.toy_model  # noqa: F401  (registers the toy models)
 from rislib.models import available_pretrained, build_model, load_pretrained, pretrained_info, save_model
 
 
