@@ -120,7 +120,9 @@ def test_letterbox_keeps_aspect_and_restore_mask_inverts_it():
     assert back2.shape == (1, 1, h, w) and ((back2[0, 0] > 0.5).numpy() == mask).mean() > 0.97
 
 
-@pytest.mark.parametrize("dataset, mode, resize", [("refshapes", "train", "squash"), ("grefshapes", "eval", "letterbox")])
+@pytest.mark.parametrize(
+    "dataset, mode, resize", [("refshapes", "train", "squash"), ("grefshapes", "eval", "letterbox")]
+)
 def test_preload_gives_the_items_of_reading_the_files(root, tmp_path, dataset, mode, resize):
     src = open_source(root, dataset)
     plain = RISDataset(src, "train", mode=mode, image_size=40, hflip=True, seed=2, resize=resize)
