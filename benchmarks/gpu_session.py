@@ -174,6 +174,8 @@ class SessionSizes:
         bench_preset, bench_batch_train, bench_batch_infer, bench_steps, bench_warmup,
         bench_rounds: the benchmark (see :func:`rislib.engine.bench_cli.run_benchmark`).
         batch_size: training batch of every model.
+        precision: the trainer's precision (``auto``: bf16 autocast on CUDA; the dry run asks for
+            bf16 autocast on the CPU, to go through the same mixed-precision code).
         train_minutes: training time per model (the budget may shorten it).
         cal_max_steps, cal_seconds, cal_skip: calibration run length (steps or seconds,
             whichever comes first) and the first steps left out of the rate (start-up).
@@ -195,6 +197,7 @@ class SessionSizes:
     bench_warmup: int = 3
     bench_rounds: int = 1
     batch_size: int = 128
+    precision: str = "auto"
     train_minutes: float = 5.0
     cal_max_steps: int = 30
     cal_seconds: float = 15.0
@@ -219,6 +222,7 @@ DRY = SessionSizes(
     bench_steps=1,
     bench_warmup=1,
     batch_size=8,
+    precision="bf16",
     train_minutes=0.15,
     cal_max_steps=4,
     cal_seconds=10.0,
@@ -345,6 +349,22 @@ def _json_safe(x: Any) -> Any:
     if isinstance(x, os.PathLike):
         return os.fspath(x)
     return x
+
+
+def _read_jsonl_tail(path: Path, max_bytes: int = 8192) -> list[dict[str, Any]]:
+    """The complete JSON lines among the last ``max_bytes`` of a log (a file being written)."""
+    try:
+        with open(path, "rb") as f:
+            start = max(0, f.seek(0, os.SEEK_END) - max_bytes)
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()[1 if start else 0 :]
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    return rows
 
 
 def _read_json(path: Path) -> Any:
@@ -626,10 +646,26 @@ class Child:
                 f.close()
 
 
-def wait_all(children: Sequence[Child], deadline: float, log: SessionLog, poll: float = 1.0) -> None:
-    """Wait until every child has ended or ``deadline`` passes; then stop those still running."""
+def wait_all(
+    children: Sequence[Child],
+    deadline: float,
+    log: SessionLog,
+    *,
+    poll: float = 1.0,
+    report: Callable[[], None] | None = None,
+    report_every: float = 60.0,
+) -> None:
+    """Wait until every child has ended or ``deadline`` passes; then stop those still running.
+
+    ``report`` (if given) is called every ``report_every`` seconds while waiting.
+    """
+    last = time.time()
     while time.time() < deadline and any(c.returncode is None for c in children):
         time.sleep(poll)
+        if report is not None and time.time() - last >= report_every:
+            last = time.time()
+            with contextlib.suppress(Exception):
+                report()
     for c in children:
         if c.returncode is None:
             log(f"{c.name}: still running at its deadline; stopping it")
@@ -832,6 +868,7 @@ def train_worker(spec: dict[str, Any]) -> int:
             tensorboard=False,
             keep_last=1,
             device=spec["device"],
+            precision=spec["precision"],
         )
         run_info = {
             "dataset": "refshapes",
@@ -912,7 +949,8 @@ def train_worker(spec: dict[str, Any]) -> int:
             step=result.summary["steps"],
             run_info={
                 **run_info,
-                "precision_of_weights": "float16 (trained in bf16 autocast with fp32 master weights)",
+                "precision_of_weights": f"float16 (trained with fp32 weights, {result.summary.get('precision')} "
+                "autocast)",
                 "train_summary": {
                     k: result.summary.get(k)
                     for k in (
@@ -1208,7 +1246,8 @@ def stage_train(s: Session, device: str) -> None:
             "ship_path": str(s.ckpt_dir / f"{name}_gpu.pt"),
             "batch_size": sz.batch_size,
             "workers": workers,
-            "threads": 1 if s.args.dry_run else 2,
+            "threads": 1,  # the GPU does the arithmetic; the cores go to DataLoader workers
+            "precision": sz.precision,
             "seed": 0,
             "device": device,
             "n_models": len(models),
@@ -1228,7 +1267,22 @@ def stage_train(s: Session, device: str) -> None:
         }
         spec_path = write_json(s.work / "specs" / f"train_{name}.json", spec)
         children.append(s.child(f"train_{name}", _self_cmd("_train", spec_path), threads=spec["threads"]))
-    wait_all(children, eval_end, s.log)
+
+    def progress() -> None:
+        parts = []
+        for name in models:
+            rows = [r for r in _read_jsonl_tail(s.work / "runs" / name / "log.jsonl") if r.get("kind") == "train"]
+            if rows:
+                r = rows[-1]
+                parts.append(
+                    f"{name} step {r['step']} loss {r.get('loss/total', float('nan')):.3f} "
+                    f"{r.get('samples_per_s', 0):.0f}/s"
+                )
+            else:
+                parts.append(f"{name} -")
+        s.log("progress: " + "; ".join(parts))
+
+    wait_all(children, eval_end, s.log, report=progress, report_every=30.0 if s.args.dry_run else 60.0)
     for c in children:
         name = c.name.removeprefix("train_")
         st = _read_json(s.results / "train" / name / "status.json") or {}

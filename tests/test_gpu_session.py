@@ -219,6 +219,16 @@ def test_bert_vocab_from_the_environment(tmp_path, monkeypatch):
         bert_uncased_vocab()
 
 
+def test_jsonl_tail_reads_complete_rows_only(tmp_path):
+    path = tmp_path / "log.jsonl"
+    assert gs._read_jsonl_tail(path) == []
+    path.write_text(json.dumps({"step": 1}) + "\n")
+    assert gs._read_jsonl_tail(path) == [{"step": 1}]
+    path.write_text("".join(json.dumps({"step": i, "pad": "x" * 50}) + "\n" for i in range(200)) + '{"step": 2')
+    rows = gs._read_jsonl_tail(path, max_bytes=1000)
+    assert rows and rows[-1]["step"] == 199 and all(r["pad"] == "x" * 50 for r in rows)
+
+
 def test_json_writer_is_strict(tmp_path):
     path = gs.write_json(tmp_path / "a" / "x.json", {"nan": float("nan"), "np": np.float32(1.5), "t": (1, 2)})
     assert json.loads(path.read_text()) == {"nan": None, "np": 1.5, "t": [1, 2]}
