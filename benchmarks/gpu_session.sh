@@ -4,17 +4,19 @@
 #
 #   bash benchmarks/gpu_session.sh prepare              # here, once: fill .whl/ (git-ignored)
 #   bash benchmarks/gpu_session.sh [session options]    # on the GPU machine, with .whl carried
-#   bash benchmarks/gpu_session.sh --dry-run            # here: the same path on the CPU, tiny sizes
+#
+# The dry run needs no wheels: `python benchmarks/gpu_session.py --dry-run` here.
 #
 # .whl/ holds the wheels the GPU machine's Python 3.12 lacks (segment-anything, pycocotools)
 # and BERT-base's uncased WordPiece vocabulary (230 kB, copied from the installed MiniLM
-# package, whose 90 MB of weights cannot travel), which the paper presets' tokenizer reads.
+# package, whose 90 MB of weights cannot travel), which the paper presets' tokenizer reads
+# (gpu_session.py points RISLIB_BERT_VOCAB at it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-vocab=.whl/bert-base-uncased-vocab.txt
 
 if [[ "${1:-}" == prepare ]]; then
     set -e
+    vocab=.whl/bert-base-uncased-vocab.txt
     python=${PYTHON:-python3}
     mkdir -p .whl
     "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -45,9 +47,6 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if [[ -f $vocab && -z ${RISLIB_BERT_VOCAB:-} ]]; then
-    export RISLIB_BERT_VOCAB="$PWD/$vocab"
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "$("$python" --version 2>&1) at $(command -v "$python"); $(getconf _NPROCESSORS_ONLN) CPUs"

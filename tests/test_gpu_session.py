@@ -108,6 +108,16 @@ def test_train_window_respects_the_budget():
     assert train_end == pytest.approx(eval_end - 45)
 
 
+def test_loader_workers_share_cores_and_shared_memory():
+    gib = 2**30
+    assert gs.loader_workers(16, 5, 128, 256, None) == 2  # (16 - 5) // 5
+    assert gs.loader_workers(16, 5, 128, 256, 64 * gib) == 2
+    # one worker holds 4 batches of 128 x (3 + 1) x 256 x 256 floats = 512 MiB; 5 processes, half of shm
+    assert gs.loader_workers(16, 5, 128, 256, 5 * gib) == 1
+    assert gs.loader_workers(16, 5, 128, 256, 4 * gib) == 0
+    assert gs.loader_workers(2, 5, 8, 64, None) == 1
+
+
 # ---- the GPU-sized models ----------------------------------------------------------------------
 @pytest.mark.parametrize("name", gs.MODELS)
 def test_gpu_models_are_bigger_than_tiny_and_small_enough_to_ship(name):
