@@ -93,7 +93,7 @@ MODELS: tuple[str, ...] = ("xattn", "lts", "maris", "magnet", "haris")
 EVAL_SPLITS: tuple[str, ...] = ("testA", "testB", "testC", "val")
 PRESET_NAME = "gpu"  # recorded as the models' preset (the tiny preset with GPU_MODEL_OVERRIDES)
 
-# What the device machine sends back from $OUT (its README): at most 8 files, 16 MiB each,
+# What a lent GPU machine sends back from $OUT: at most 8 files, 16 MiB each,
 # 64 MiB together, no deeper than OUT/a/b/file, names of letters, digits, '.', '_' and '-'.
 OUT_MAX_FILES = 8
 OUT_MAX_FILE_BYTES = 16 * 2**20
