@@ -7,13 +7,16 @@ them into ``benchmarks/results/gpu_<device>_<date>/`` (``_dry`` appended for a d
     metrics.json, session.log       as they came back
     results/                        the unpacked archive (env, benchmark, training logs and
                                     curves, evaluator JSON + per-sample CSV)
-    checkpoints/<model>_gpu.pt      the half-precision model files
+    checkpoints/<model>-gpu-refshapes/   one folder per trained model in the layout of the
+                                    shipped models (rislib.models.load_pretrained with
+                                    root=<this folder>/checkpoints): model.pt (half-precision
+                                    weights), summary.json, log.jsonl, curves.png, eval.json
     summary.md                      the tables below
     summary.png                     mIoU per split against the heuristic floor; training speed
                                     of the paper presets against the official code
 
 and prints ``summary.md``: the paper-preset benchmark beside the official LAVT and MagNet code
-(:data:`PEERS`), the targets, and each model's mIoU / oIoU per split beside the
+(:data:`PEERS`, from ``docs/performance.md``), the targets, and each model's mIoU / oIoU per split beside the
 expression-blind heuristics of ``benchmarks/results/heuristics_refshapes.json`` (the same
 RefShapes splits: seed 0, 1,000 images each at 256 px, original-resolution protocol)::
 
@@ -36,10 +39,11 @@ FLOOR_FILE = RESULTS / "heuristics_refshapes.json"
 TEST_SPLITS = ("testA", "testB", "testC")
 SPLITS = (*TEST_SPLITS, "val")
 
-# The official code of the two peers, measured by this project on one H100 (80 GB HBM3) with
-# random weights, batch 8, 480 x 480 images, 20 tokens, full training steps (forward, LAVT's
-# weighted cross-entropy, backward, AdamW) after warm-up; inference at batch 16. Memory is the
-# fp32 training peak. ``target_train`` is this project's goal for its fast path at the same size.
+# docs/performance.md, "Peer measurements on an H100" and "Targets": the official code of the
+# two peers on one H100 (80 GB HBM3) with random weights, batch 8, 480 x 480 images, 20 tokens,
+# full training steps (forward, LAVT's weighted cross-entropy, backward, AdamW) after warm-up;
+# inference at batch 16. Memory is the fp32 training peak. ``target_train`` is rislib's target
+# for its fast path at the same size.
 PEERS: dict[str, dict[str, Any]] = {
     "lavt": {
         "label": "LAVT (Swin-B + BERT-base + PWAM), official code",
@@ -125,12 +129,48 @@ def unpack(
     if (src / "results.tar.gz").is_file():
         _safe_extract(src / "results.tar.gz", dest)
     for ckpt in sorted(src.glob("*_gpu.pt")):
-        (dest / "checkpoints").mkdir(exist_ok=True)
-        shutil.copy2(ckpt, dest / "checkpoints" / ckpt.name)
+        ship_folder(metrics, ckpt, dest)
     floor = load_floor(floor_file)
     (dest / "summary.md").write_text(render_markdown(metrics, floor))
     plot_summary(metrics, floor, dest / "summary.png")
     return dest
+
+
+def ship_folder(metrics: dict[str, Any], ckpt: Path, dest: Path) -> Path:
+    """``dest/checkpoints/<model>-gpu-refshapes/`` in the layout of the shipped models.
+
+    ``model.pt`` is the returned file; ``summary.json`` the session's training record of the
+    model; ``log.jsonl`` and ``curves.png`` come from the unpacked archive; ``eval.json`` holds
+    the per-split metrics (original protocol) measured on that very file.
+    """
+    model = ckpt.name.removesuffix("_gpu.pt")
+    session = metrics.get("session") or {}
+    folder = dest / "checkpoints" / f"{model}-gpu-refshapes"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ckpt, folder / "model.pt")
+    for name in ("log.jsonl", "curves.png"):
+        src = dest / "results" / "train" / model / name
+        if src.is_file():
+            shutil.copy2(src, folder / name)
+    record = {k: session.get(k) for k in ("date", "device", "torch", "cuda", "command", "commit")}
+    summary = {
+        **record,
+        "model": model,
+        "preset": "gpu",
+        "dataset": "refshapes",
+        "training": (metrics.get("training") or {}).get(model),
+        "checkpoint": (metrics.get("checkpoints") or {}).get(model),
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    evaluation = {
+        **record,
+        "model": model,
+        "dataset": "refshapes",
+        "protocol": "original",
+        "splits": (metrics.get("evaluation") or {}).get(model, {}),
+    }
+    (folder / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    return folder
 
 
 def load_floor(path: str | Path | None) -> dict[str, dict[str, dict[str, float]]]:

@@ -192,7 +192,10 @@ def test_unpack_writes_the_folder_and_the_tables(tmp_path):
     dest = gr.unpack(src, tmp_path / "results", floor_file=tmp_path / "floor.json")
     assert dest == tmp_path / "results" / "gpu_nvidia-h200_2026-12-01"
     assert json.loads((dest / "results" / "env.json").read_text()) == {"device": "NVIDIA H200"}
-    assert (dest / "checkpoints" / "xattn_gpu.pt").read_bytes() == b"weights"
+    shipped = dest / "checkpoints" / "xattn-gpu-refshapes"
+    assert (shipped / "model.pt").read_bytes() == b"weights"
+    assert json.loads((shipped / "eval.json").read_text())["splits"]["testA"]["mIoU"] == 61.25
+    assert json.loads((shipped / "summary.json").read_text())["training"]["steps"] == 2000
     assert (dest / "session.log").is_file() and (dest / "summary.png").stat().st_size > 0
     md = (dest / "summary.md").read_text()
     # MagNet's paper preset beside the official code: 30 / 20 = 1.50x; 30 / 15.3 = 1.96x the peer's bf16
