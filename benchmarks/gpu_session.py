@@ -1220,7 +1220,7 @@ def run_session(args: argparse.Namespace) -> int:
 def stage_data_and_bench(s: Session, device: str) -> bool:
     """RefShapes generation (CPU) and the paper-preset benchmark (GPU) at the same time."""
     sz = s.sizes
-    bench_threads = 2
+    bench_threads = 2 if s.cpus > 4 else 1  # few cores: two OpenMP threads would only fight the data processes
     data_workers = s.args.data_workers or max(1, s.cpus - bench_threads - 1)
     cmd = [
         sys.executable,
