@@ -291,7 +291,7 @@ def write_summary(args: argparse.Namespace) -> Path:
         "",
         scale_paragraph(shared, devices, minutes, eval_minutes, run),
         "",
-        "**How a claim is judged.** The papers' ablation tables could not be read (the \"Published results\" "
+        '**How a claim is judged.** The papers\' ablation tables could not be read (the "Published results" '
         "sections of docs/methods/), so the claim is the direction their abstracts state: the full model "
         "beats the model without the component. Δ = full − ablated, in points, on the same test sentences "
         "(testA: attribute words, testB: spatial words, testC: unseen colour-shape pairs). The 95% interval "

@@ -76,7 +76,17 @@ def bert_uncased_vocab() -> Path:
     MiniLM-L6-H384-uncased was distilled with BERT-base-uncased's vocabulary, so these ids are
     the ones LAVT/MagNet feed BERT-base (same size, ``[PAD]`` = 0, ``[UNK]`` = 100,
     ``[CLS]`` = 101, ``[SEP]`` = 102, ``[MASK]`` = 103; not byte-compared with Google's file here).
+
+    The environment variable ``RISLIB_BERT_VOCAB`` names another copy of this file; it is read
+    instead of the package's, so that the ``paper`` presets build on a machine without the
+    MiniLM package (its weights are 90 MB; the vocabulary alone is 230 kB).
     """
+    override = os.environ.get("RISLIB_BERT_VOCAB")
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise FileNotFoundError(f"RISLIB_BERT_VOCAB={override}: no such file (expected a BERT vocab.txt)")
+        return path
     return minilm_folder() / "vocab.txt"
 
 
