@@ -20,7 +20,7 @@ from test_trainer import ToyShapes, build_toy, toy_collate, toy_config
 
 from rislib.data import generate_refshapes
 from rislib.engine import run_folder
-from rislib.engine.run_folder import LOCK_NAME, RunFolderError, RunLock, move_aside
+from rislib.engine.run_folder import LOCK_NAME, RunFolderError, RunLock, move_aside, preflight
 from rislib.engine.trainer import Trainer, find_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +98,25 @@ def test_a_readable_older_checkpoint_is_used_when_the_newest_is_broken(tmp_path)
     with pytest.warns(UserWarning, match="unreadable checkpoint"):
         res = _fit(tmp_path, steps=4, save_every=2, resume=True)
     assert res.summary["resumed_from"].endswith("step_0000002.pt") and res.summary["steps"] == 4
+
+
+def test_preflight_gives_the_same_answers_early_and_changes_nothing(tmp_path):
+    folder = tmp_path / "run"
+    preflight(folder, resume=False, overwrite=False)  # new folder: fine, and not created
+    assert not folder.exists()
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "log.jsonl").write_text("{}\n")
+    with pytest.raises(RunFolderError, match="not empty"):
+        preflight(folder, resume=False, overwrite=False)
+    with pytest.raises(RunFolderError, match="nothing to resume from"):
+        preflight(folder, resume=True, overwrite=False)
+    preflight(folder, resume=True, overwrite=True)
+    (folder / "checkpoints" / "step_0000004.pt").write_bytes(b"read later, by the trainer")
+    preflight(folder, resume=True, overwrite=False)
+    with RunLock(folder), pytest.raises(RunFolderError, match="in use"):
+        preflight(folder, resume=True, overwrite=False)
+    assert sorted(p.name for p in folder.rglob("*")) == ["checkpoints", "log.jsonl", "step_0000004.pt"]
+    assert not list(tmp_path.glob("run.replaced-*"))
 
 
 # ---- the lock ----------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ __all__ = [
     "move_aside",
     "check_resume",
     "no_readable_checkpoint",
+    "preflight",
 ]
 
 LOCK_NAME = ".rislib.lock"
@@ -289,6 +290,27 @@ def check_resume(folder: str | os.PathLike, checkpoints: Sequence[Path], *, over
     if entries:
         move_aside(folder)
     return "fresh"
+
+
+def preflight(folder: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+    """The trainer's checks, made early and changing nothing: a command can stop before it
+    spends minutes loading data for a run that the folder would refuse.
+
+    Raises:
+        RunFolderError: the folder is locked by a live process, holds a run and neither
+            ``resume`` nor ``overwrite`` is given, or ``resume`` finds no checkpoint in a
+            folder that holds a run (and not ``overwrite``).
+    """
+    folder = Path(folder)
+    if (folder / LOCK_NAME).exists():
+        RunLock(folder).acquire().release()  # raises while a live process holds it
+    entries = run_contents(folder)
+    if not entries or overwrite:
+        return
+    if not resume:
+        prepare_fresh(folder)  # raises: not empty
+    elif not list((folder / "checkpoints").glob("step_*.pt")):
+        check_resume(folder, [])  # raises: nothing to resume from
 
 
 def no_readable_checkpoint(folder: str | os.PathLike, failures: Sequence[tuple[Path, str]]) -> RunFolderError:

@@ -187,6 +187,7 @@ def main(args: argparse.Namespace) -> int:
     from ..models import build_model
     from .distributed import barrier, broadcast_object, cleanup_distributed, setup_distributed
     from .recipes import get_recipe
+    from .run_folder import preflight
     from .threads import set_cpu_threads
     from .trainer import NonFiniteLossError, Trainer
 
@@ -206,6 +207,7 @@ def main(args: argparse.Namespace) -> int:
         problem = None
         if ctx.is_main:  # one process generates or checks; every process learns the outcome
             try:
+                preflight(args.out, resume=args.resume, overwrite=args.overwrite)  # before any data is loaded
                 if args.generate:
                     ensure_refshapes(args.data, args.dataset, size=recipe.image_size,
                                      counts=parse_counts(args.generate_counts), seed=0)  # fmt: skip
@@ -213,10 +215,10 @@ def main(args: argparse.Namespace) -> int:
                         if synthetic else "")  # fmt: skip
                 check_data_root(args.data, args.dataset, args.split_by, hint=hint)
             except RislibError as e:
-                problem = str(e)
+                problem = e
         problem = broadcast_object(problem)
-        if problem:
-            raise DataRootError(problem)
+        if problem is not None:
+            raise problem
         barrier()
         torch.manual_seed(args.seed)
         model = build_model(args.model, args.preset, **model_overrides)
