@@ -100,7 +100,13 @@ def test_eval_checks_the_model_and_refuses_non_finite_weights(capsys, data, tmp_
     save_model(model, tmp_path / "nan.pt")
     line = _error(capsys, *_eval(data, tmp_path / "e", "--model", "xattn", "--checkpoint", str(tmp_path / "nan.pt")))
     assert "nan.pt: field 'state_dict': 1 tensor(s) hold NaN or infinite values" in line
+    assert "give --model" in _error(capsys, *_eval(data, tmp_path / "e"))
+    line = _error(capsys, *_eval(data, tmp_path / "e", "--model", "largest_object", "--image-size", "100000"))
+    assert "--image-size: expected an integer in [16, 4096], got 100000" in line
     assert not (tmp_path / "e").exists()
+    # with a checkpoint, --model may be left out: the file says which model it holds
+    rc, out, _ = _run(capsys, *_eval(data, tmp_path / "e", "--checkpoint", str(tmp_path / "lts.pt")))
+    assert rc == 0 and "EvalResult(lts/tiny on refshapes val" in out
 
 
 def test_the_summary_after_a_time_budget_stop_lists_only_files_that_exist(capsys, data, tmp_path):

@@ -9,10 +9,11 @@ Examples::
         --split val --protocol network      # the LAVT/MagNet protocol, to compare with their tables
 
 With ``--checkpoint`` the model is rebuilt from the file (``rislib.models.load_model``), so
-``--preset`` is read from it; the file must hold the ``--model`` asked for, with finite
-weights. Without a checkpoint a learned model is scored at random initialisation (a warning
-says so); heuristics need none. A missing or incomplete ``--data`` root is an error that
-lists what is missing; ``--strict`` refuses degenerate annotations instead of counting them.
+``--model`` may be left out and ``--preset`` is read from it; a ``--model`` given must be the
+one the file holds, and the weights must be finite. Without a checkpoint a learned model is
+scored at random initialisation (a warning says so); heuristics need none. A missing or
+incomplete ``--data`` root is an error that lists what is missing; ``--strict`` refuses
+degenerate annotations instead of counting them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from .heuristics import available as heuristic_names
 
     parser.add_argument(
-        "--model", required=True, help=f"a registered model name, or a heuristic: {', '.join(heuristic_names())}"
+        "--model",
+        default=None,
+        help=f"a registered model name, or a heuristic: {', '.join(heuristic_names())} (with --checkpoint: "
+        "optional, and when given it must be the checkpoint's model)",
     )
     parser.add_argument("--preset", default="tiny", help="model preset when no --checkpoint is given (default tiny)")
     parser.add_argument("--checkpoint", default=None, help="model file written by rislib (save_model / the trainer)")
@@ -60,11 +64,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..data import RISDataset, check_data_root, open_source
+    from ..errors import ConfigError
     from ..models import build_model, load_model
+    from ..models.registry import MAX_IMAGE_SIZE
     from .evaluator import evaluate
     from .heuristics import available as heuristic_names
     from .heuristics import build_heuristic
 
+    if args.model is None and not args.checkpoint:
+        raise ConfigError("rislib eval: give --model (a model or heuristic name), --checkpoint, or both")
+    if args.image_size is not None and not 16 <= args.image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"--image-size: expected an integer in [16, {MAX_IMAGE_SIZE}], got {args.image_size}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_data_root(args.data, args.dataset, args.split_by)
     source = open_source(args.data, args.dataset, args.split_by, strict=args.strict)
