@@ -26,6 +26,14 @@ Language side (words query pixels)::
     Rw = GELU(Wmm (GELU(Wvis L) * Gw))                             # LanguagePWAM
     L_next = L + tanh(W2 ReLU(W1 Rw)) * Rw                         # LanguageGate(act="relu")
 
+**LAVT's own PWAM** (``norm="instance"``; LAVT ``lib/backbone.py`` at LAVT-RIS 1da0af9)
+differs from MagNet's in two places: the query and the output projection are normalised by
+``InstanceNorm1d`` over the pixels (per sample and channel) instead of ``LayerNorm`` over the
+channels, and the image-side gate uses ReLU instead of GELU (``LanguageGate(act="relu")``)::
+
+    Q = IN_pixels(X Wq)          G = IN_pixels((A V) Wo)           (LAVT)
+    Q = LN(X Wq)                 G = LN((A V) Wo)                  (MagNet)
+
 Where this implementation differs from the released code, and why (this project's
 interpretation, each documented where it happens):
 
@@ -35,10 +43,13 @@ interpretation, each documented where it happens):
   (the word receives the mean visual value), and padded queries are scaled by -1e4. The
   evident intent, a boolean padding mask, is the default; ``mask_quirk=True`` reproduces the
   released computation (for loading released weights).
-* **Instance norm over words.** The released ``IN`` on ``Gw`` normalises over all 20 padded
-  positions (sentences are always padded to 20 tokens there). Here padding is per batch, so
-  the statistics are taken over the real words only; otherwise a sentence's features would
-  depend on the other sentences of its batch.
+* **Instance norm over words.** The released ``IN`` on ``Gw`` normalises over all padded
+  positions (sentences are always padded to 20 tokens there). By default padding is per
+  batch here, so the statistics are taken over the real words only; otherwise a sentence's
+  features would depend on the other sentences of its batch. With ``mask_quirk=True`` the
+  statistics cover every position, padding included, as in the release (the caller pads to
+  20 tokens, as MagNet's official mode does), so the released computation is reproduced
+  exactly (``tests/golden``).
 * **Gate initialisation.** The code zero-initialises both gate matrices ("initialize the gate
   to 0"), but with ``W1 = W2 = 0`` no gradient reaches either matrix (a fixed point), and the
   official LAVT/MagNet construction overwrites the image-side zeros with a truncated normal
@@ -60,6 +71,7 @@ from ..layers import attention_bias_from_mask, is_recording, record
 
 __all__ = [
     "masked_instance_norm",
+    "TokenInstanceNorm",
     "PixelWordAttention",
     "PixelWordAttentionModule",
     "LanguageGate",
@@ -108,11 +120,24 @@ def _merge(x: Tensor) -> Tensor:
     return x.transpose(1, 2).flatten(2)  # [B, h, L, d] -> [B, L, h*d]
 
 
+class TokenInstanceNorm(nn.Module):
+    """``InstanceNorm1d`` (no affine, eps 1e-5) over the token axis of ``x [B, L, C]``: each
+    channel of each sample is normalised over its ``L`` positions (LAVT's pixel-axis norm)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return masked_instance_norm(x)
+
+
+PWAM_NORMS = ("layer", "instance")
+
+
 class PixelWordAttention(nn.Module):
-    """Pixels attend to words: ``G = LN((softmax(LN(X Wq) (L Wk)^T / sqrt(C_key)) L Wv) Wo)``.
+    """Pixels attend to words: ``G = N((softmax(N(X Wq) (L Wk)^T / sqrt(C_key)) L Wv) Wo)``.
 
     LAVT/MagNet ``SpatialImageLanguageAttention`` (papers.md 4.2). The scale is
     ``1 / sqrt(key_dim)`` of the *total* key width even with several heads, as in the code.
+    ``N`` is LayerNorm over channels (MagNet, ``norm="layer"``) or InstanceNorm over the
+    pixels (LAVT, ``norm="instance"``; see the module docstring).
 
     Args:
         visual_dim: channels ``C`` of the visual tokens.
@@ -120,6 +145,7 @@ class PixelWordAttention(nn.Module):
         key_dim: width of queries and keys (``C`` by default).
         value_dim: width of values and of the output (``C`` by default).
         num_heads: attention heads (1 in MagNet).
+        norm: ``"layer"`` (MagNet) or ``"instance"`` (LAVT).
 
     Shapes: ``x [B, HW, C]``, ``words [B, N, D]``, ``word_mask [B, N]`` (True = real word)
     -> ``[B, HW, value_dim]``.
@@ -127,7 +153,7 @@ class PixelWordAttention(nn.Module):
 
     def __init__(
         self, *, visual_dim: int, text_dim: int, key_dim: int | None = None, value_dim: int | None = None,
-        num_heads: int = 1,
+        num_heads: int = 1, norm: str = "layer",
     ) -> None:
         super().__init__()
         key_dim = key_dim or visual_dim
@@ -135,12 +161,19 @@ class PixelWordAttention(nn.Module):
         if key_dim % num_heads or value_dim % num_heads:
             raise ValueError(f"PixelWordAttention: key_dim {key_dim} / value_dim {value_dim} not divisible by "
                              f"num_heads {num_heads}")
+        if norm not in PWAM_NORMS:
+            raise ValueError(f"PixelWordAttention: norm must be one of {PWAM_NORMS}, got {norm!r}")
         self.num_heads = num_heads
         self.scale = key_dim**-0.5
-        self.query = nn.Sequential(nn.Linear(visual_dim, key_dim), nn.LayerNorm(key_dim))
+        self.norm = norm
+
+        def make_norm(dim: int) -> nn.Module:
+            return nn.LayerNorm(dim) if norm == "layer" else TokenInstanceNorm()
+
+        self.query = nn.Sequential(nn.Linear(visual_dim, key_dim), make_norm(key_dim))
         self.key = nn.Linear(text_dim, key_dim)
         self.value = nn.Linear(text_dim, value_dim)
-        self.out = nn.Sequential(nn.Linear(value_dim, value_dim), nn.LayerNorm(value_dim))
+        self.out = nn.Sequential(nn.Linear(value_dim, value_dim), make_norm(value_dim))
 
     def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
         q = _heads(self.query(x), self.num_heads)  # [B, h, HW, Ck/h]
@@ -157,16 +190,20 @@ class PixelWordAttentionModule(nn.Module):
     Args:
         dim: channels ``C`` of the visual tokens (and of ``F``).
         text_dim: channels ``D`` of the words.
-        num_heads: heads of the pixel-word attention (1 in MagNet).
-        dropout: dropout after the two GELUs (``fusion_drop``, 0 in MagNet).
+        num_heads: heads of the pixel-word attention (1 in LAVT and MagNet).
+        dropout: dropout after the two GELUs (``fusion_drop``, 0 in LAVT and MagNet).
+        norm: ``"layer"`` (MagNet's variant) or ``"instance"`` (LAVT's), see
+            :class:`PixelWordAttention`.
 
     Shapes: ``x [B, HW, C]``, ``words [B, N, D]``, ``word_mask [B, N]`` -> ``F [B, HW, C]``.
     """
 
-    def __init__(self, *, dim: int, text_dim: int, num_heads: int = 1, dropout: float = 0.0) -> None:
+    def __init__(
+        self, *, dim: int, text_dim: int, num_heads: int = 1, dropout: float = 0.0, norm: str = "layer"
+    ) -> None:
         super().__init__()
         self.vis_project = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout))
-        self.attention = PixelWordAttention(visual_dim=dim, text_dim=text_dim, num_heads=num_heads)
+        self.attention = PixelWordAttention(visual_dim=dim, text_dim=text_dim, num_heads=num_heads, norm=norm)
         self.project_mm = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout))
 
     def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
@@ -177,8 +214,8 @@ class PixelWordAttentionModule(nn.Module):
 class LanguageGate(nn.Module):
     """The tanh gate ``g(R) = tanh(W2 act(W1 R))`` (bias-free); ``forward`` returns ``g(R) * R``.
 
-    The caller adds it to the stream: ``X_next = X + gate(F)``. ``act`` is GELU on the image
-    side and ReLU on the language side, as in the code. ``W2`` starts at zero so the gate is
+    The caller adds it to the stream: ``X_next = X + gate(F)``. ``act`` is GELU on MagNet's
+    image side, ReLU on its language side and on LAVT's image side, as in the code. ``W2`` starts at zero so the gate is
     closed at initialisation (see the module docstring for why ``W1`` is not zero too).
 
     Args:
@@ -218,8 +255,9 @@ class WordPixelAttention(nn.Module):
         text_dim: channels ``D`` of the words (= key and value width).
         visual_dim: channels ``C`` of the visual tokens.
         num_heads: attention heads (1 in MagNet).
-        mask_quirk: reproduce the released code's use of BERT's additive mask (see the
-            module docstring); False = the boolean padding mask (default).
+        mask_quirk: reproduce the released code's use of BERT's additive mask and its
+            instance norm over every (padded) word position (see the module docstring);
+            False = the boolean padding mask and statistics over real words (default).
 
     Shapes: ``words [B, N, D]``, ``word_mask [B, N]``, ``x [B, HW, C]`` -> ``[B, N, D]``.
     """
@@ -256,7 +294,8 @@ class WordPixelAttention(nn.Module):
             q = q * word_mask.to(q.dtype).unsqueeze(-1)  # padded queries -> 0 (uniform, then ignored)
         q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))  # [B, h, L, D/h]
         out = _merge(_attend(q, k, v, None, self.scale, self))  # [B, N, D]
-        return masked_instance_norm(self.out(out), word_mask)
+        # the release normalises over all (padded) positions; the default over real words only
+        return masked_instance_norm(self.out(out), None if self.mask_quirk else word_mask)
 
 
 class LanguagePWAM(nn.Module):
