@@ -24,7 +24,25 @@ from torch import Tensor, nn
 from ..encoders.base import TextEncoder, VisionEncoder
 from ..types import Batch, ModelOutput, TextInput
 
-__all__ = ["ModelConfig", "RISModel"]
+__all__ = ["ModelConfig", "RISModel", "mask_probabilities"]
+
+
+def mask_probabilities(
+    logits: Tensor, size: tuple[int, int], *, no_target_logits: Tensor | None = None, align_corners: bool = False
+) -> Tensor:
+    """The inference rule shared by every model: foreground probability ``[B, 1, H, W]``.
+
+    ``logits [B, 1, h, w]`` are resized bilinearly to ``size`` *first*, then turned into
+    probabilities; a ``no_target_logits [B]`` output (MagNet's class gate) multiplies them by
+    ``P(target) = 1 - sigmoid(no_target_logits)``. ``align_corners=True`` is what LAVT's model
+    and MagNet's ``test.py`` use; rislib's models default to ``False`` (the grid convention of
+    ``F.interpolate``'s default) except where a model's official mode asks for ``True``.
+    """
+    up = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=align_corners)
+    prob = up.sigmoid()
+    if no_target_logits is not None:
+        prob = prob * (1 - no_target_logits.float().sigmoid()).view(-1, 1, 1, 1)
+    return prob
 
 
 @dataclass
@@ -68,6 +86,8 @@ class RISModel(nn.Module, ABC):
     text_encoder: TextEncoder
     name: str = ""
     preset: str = ""
+    #: bilinear ``align_corners`` of the inference resize (:func:`mask_probabilities`)
+    inference_align_corners: bool = False
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -103,7 +123,8 @@ class RISModel(nn.Module, ABC):
         """Foreground probability ``[B, 1, H, W]`` at ``size`` (the input size by default).
 
         Runs in eval mode and restores the previous mode afterwards. A model with a
-        ``"no_target_logits"`` output multiplies by the probability that a target exists.
+        ``"no_target_logits"`` output multiplies by the probability that a target exists
+        (:func:`mask_probabilities`).
         """
         was_training = self.training
         self.eval()
@@ -112,11 +133,10 @@ class RISModel(nn.Module, ABC):
         finally:
             self.train(was_training)
         size = size or tuple(batch.images.shape[-2:])
-        logits = F.interpolate(out.logits.float(), size=size, mode="bilinear", align_corners=False)
-        prob = logits.sigmoid()
-        if "no_target_logits" in out.aux:
-            prob = prob * (1 - out.aux["no_target_logits"].float().sigmoid()).view(-1, 1, 1, 1)
-        return prob
+        return mask_probabilities(
+            out.logits, size, no_target_logits=out.aux.get("no_target_logits"),
+            align_corners=self.inference_align_corners,
+        )
 
     @torch.no_grad()
     def predict(self, batch: Batch, threshold: float = 0.5, size: tuple[int, int] | None = None) -> Tensor:
