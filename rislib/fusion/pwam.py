@@ -7,8 +7,9 @@ with its own features and feeds the result back through a tanh "language gate". 
 context from the pixels, which updates the BERT stream between its chunks. The equations
 below are those of the official MagNet code (``lib/backbone.py::PWAM``,
 ``SpatialImageLanguageAttention``, ``bert/multimodal_bert.py``), transcribed in
-``shared/reference/papers.md`` section 4.2 [code]. A 1x1 ``Conv1d`` on tokens is written
-here as the equivalent ``nn.Linear``.
+``shared/reference/papers.md`` section 4.2 [code]; ``tests/golden`` checks both sides against
+the released modules at shared random weights (docs/fidelity.md). A 1x1 ``Conv1d`` on tokens
+is written here as the equivalent ``nn.Linear``.
 
 Image side, ``X [B, HW, C]`` visual tokens, ``L [B, N, D]`` words, ``m [B, N]`` word mask::
 
@@ -111,6 +112,12 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float, 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
 
+def _conv1x1(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear(x)`` for ``x [B, L, C]``, computed as the equivalent 1x1 ``Conv1d`` over ``L``."""
+    out = F.conv1d(x.transpose(1, 2), linear.weight[:, :, None], linear.bias)  # [B, C_out, L]
+    return out.transpose(1, 2)
+
+
 def _heads(x: Tensor, h: int) -> Tensor:
     b, n, c = x.shape
     return x.view(b, n, h, c // h).transpose(1, 2)  # [B, L, C] -> [B, h, L, C/h]
@@ -122,10 +129,15 @@ def _merge(x: Tensor) -> Tensor:
 
 class TokenInstanceNorm(nn.Module):
     """``InstanceNorm1d`` (no affine, eps 1e-5) over the token axis of ``x [B, L, C]``: each
-    channel of each sample is normalised over its ``L`` positions (LAVT's pixel-axis norm)."""
+    channel of each sample is normalised over its ``L`` positions (LAVT's pixel-axis norm).
+
+    Computed by PyTorch's own instance-norm kernel, as LAVT's ``nn.InstanceNorm1d``: the
+    normalised map can have a tiny variance over the pixels (a context that barely varies
+    across the image), where any other summation order moves the result visibly."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return masked_instance_norm(x)
+        y = F.instance_norm(x.float().transpose(1, 2), eps=1e-5)  # [B, C, L], statistics over L
+        return y.transpose(1, 2).to(x.dtype)
 
 
 PWAM_NORMS = ("layer", "instance")
@@ -176,12 +188,32 @@ class PixelWordAttention(nn.Module):
         self.out = nn.Sequential(nn.Linear(value_dim, value_dim), make_norm(value_dim))
 
     def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        if self.norm == "instance":
+            return self._forward_lavt(x, words, word_mask)
         q = _heads(self.query(x), self.num_heads)  # [B, h, HW, Ck/h]
         k = _heads(self.key(words), self.num_heads)  # [B, h, N, Ck/h]
         v = _heads(self.value(words), self.num_heads)  # [B, h, N, Cv/h]
         bias = attention_bias_from_mask(word_mask, q.dtype)  # [B, 1, 1, N]: padded words get no weight
         out = _attend(q, k, v, bias, self.scale, self)  # [B, h, HW, Cv/h]
         return self.out(_merge(out))  # [B, HW, Cv]
+
+    def _forward_lavt(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        """LAVT's variant, computed in the released order with its 1x1 ``Conv1d`` kernels.
+
+        The same function as the default path, but the pixel-axis instance norm of ``G``
+        divides by the context's variance over the pixels, which can be small: float rounding
+        of another summation order (a ``Linear`` GEMM, fused attention) is then amplified to
+        about ``1e-4`` at Swin-B scale. Following the release's kernels keeps the two
+        bit-compatible (``tests/golden``)."""
+        m = word_mask.to(x.dtype)[:, :, None]  # [B, N, 1]
+        q = _heads(self.query[1](_conv1x1(self.query[0], x)), self.num_heads)  # [B, h, HW, Ck/h]
+        k = _heads(_conv1x1(self.key, words) * m, self.num_heads)  # [B, h, N, Ck/h], padding zeroed
+        v = _heads(_conv1x1(self.value, words) * m, self.num_heads)
+        scores = self.scale * (q @ k.transpose(-2, -1)) + (1e4 * m[:, None, :, 0][:, :, None] - 1e4)  # [B, h, HW, N]
+        weights = scores.softmax(-1)
+        if is_recording():
+            record(self, "attn", weights)
+        return self.out[1](_conv1x1(self.out[0], _merge(weights @ v)))  # [B, HW, Cv]
 
 
 class PixelWordAttentionModule(nn.Module):
@@ -208,6 +240,10 @@ class PixelWordAttentionModule(nn.Module):
 
     def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
         context = self.attention(x, words, word_mask)  # [B, HW, C]
+        if self.attention.norm == "instance":  # LAVT: the release's 1x1 Conv1d kernels (see PixelWordAttention)
+            vis = self.vis_project[2](self.vis_project[1](_conv1x1(self.vis_project[0], x)))
+            mm = _conv1x1(self.project_mm[0], vis * context)
+            return self.project_mm[2](self.project_mm[1](mm))
         return self.project_mm(self.vis_project(x) * context)
 
 
