@@ -207,9 +207,10 @@ def pad_then_shift_attention(block: nn.Module, x: Tensor) -> Tensor:
     crops. timm rolls the unpadded map first and pads afterwards. When the map's sides are
     multiples of the window the two are the same computation; otherwise the zero padding
     lands in other windows, next to other pixels, and the outputs differ: at 480 px Swin-B's
-    15 x 15 stage 4 (and at 448 px stages 3 and 4) moved the full encoder's stride-32 output
-    by up to 0.35 on values up to 3. The shift mask is computed on the padded, rolled map,
-    as there. ``tests/golden`` checks this against the official block.
+    15 x 15 stage 4 (at 448 px also stage 3, 28 x 28) is such a map, and with timm's order
+    MagNet's stride-32 output moved by 0.99 (values up to 4.2) and its mask logits by 2.3 at
+    the golden tests' weights. The shift mask is computed on the padded, rolled map, as
+    there. ``tests/golden`` checks this against the official block (bit-identical).
     """
     b, h, w, c = x.shape
     wh, ww = block.window_size
