@@ -18,7 +18,9 @@ Only PyTorch, timm and numpy are needed besides rislib's environment: the few im
 official code makes of mmcv/mmseg, fvcore, addict and detectron2 are replaced by small stubs
 (none of them is on a computation path that a fixture exercises). Each case runs in its own
 process, because LAVT and MagNet both name their packages ``lib`` and ``bert``.
-``--only NAME`` regenerates one case; ``--list`` names them.
+``--only NAME`` regenerates one case; ``--list`` names them; ``--compare`` also runs rislib at the
+same weights on the whole-model cases and prints the largest difference over *every* value
+(the tests check 2,048 stored values per output; docs/fidelity.md quotes both).
 """
 
 from __future__ import annotations

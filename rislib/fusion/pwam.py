@@ -147,7 +147,8 @@ class PixelWordAttention(nn.Module):
     """Pixels attend to words: ``G = N((softmax(N(X Wq) (L Wk)^T / sqrt(C_key)) L Wv) Wo)``.
 
     LAVT/MagNet ``SpatialImageLanguageAttention`` (papers.md 4.2). The scale is
-    ``1 / sqrt(key_dim)`` of the *total* key width even with several heads, as in the code.
+    ``1 / sqrt(key_dim)`` of the *total* key width even with several heads, as the code
+    writes it (the golden tests run the released setting, one head).
     ``N`` is LayerNorm over channels (MagNet, ``norm="layer"``) or InstanceNorm over the
     pixels (LAVT, ``norm="instance"``; see the module docstring).
 

@@ -166,7 +166,8 @@ class MagNetConfig(ModelConfig):
             the language-side fusions, ``lang_proj`` and the Mask Grounding head, which LAVT
             does not have, are decayed).
         use_cam: build the Cross-modal Alignment Module (off: the stage output is the PWAM
-            output ``F``, as LAVT).
+            output ``F``; LAVT itself, :mod:`rislib.models.lavt`, also normalises ``F`` and uses its own
+            PWAM variant).
         cam_pool_sizes: CAM pooling sizes.
         decoder_dim, pixel_decoder_layers, pixel_decoder_ffn, decoder_layers, decoder_heads,
         decoder_ffn, decoder_groups: Mask2Former head sizes (256, 4, 1024, 9, 8, 2048, 32 [code]).
