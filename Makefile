@@ -7,6 +7,11 @@ PYTEST_WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MPLBACKEND := Agg
+# `git status` before a test run, and the check after it that the run changed nothing.
+TREE_BEFORE := $(VENV)/.git-status-before-test
+CHECK_TREE   = git status --porcelain 2>/dev/null | diff -u $(TREE_BEFORE) - >/dev/null \
+	|| { echo "the tests changed the working tree (git status before -> after):"; \
+	     git status --porcelain | diff -u $(TREE_BEFORE) -; exit 1; }
 
 .PHONY: setup test test-slow test-browser demo lab bench lint lock clean
 
@@ -24,18 +29,29 @@ lint: setup
 	$(BIN)/ruff check rislib tests benchmarks
 
 # The whole suite: lint, unit and integration tests, and every notebook (nbval) in the
-# fast setting. Notebooks stay whole on one worker (--dist loadfile).
+# fast setting. Notebooks stay whole on one worker (--dist loadfile). Tests leave the tree as
+# they found it: figures go to a temporary folder (conftest.py sets RISLIB_FIGURES_DIR), and
+# the last step fails if `git status` changed during the run.
 test: setup lint
+	@git status --porcelain > $(TREE_BEFORE) 2>/dev/null || true
 	OMP_NUM_THREADS=1 RISLIB_FAST=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval-lax -m "not slow and not browser" tests notebooks
+	@$(CHECK_TREE)
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow tests
 
-# JupyterLab in headless Chromium (Debian's chromium package, driven by Playwright).
+# JupyterLab in headless Chromium: Debian's chromium package (installed with apt-get when
+# missing), driven by Playwright's Python package with that chromium as its executable
+# (Playwright's own browser download is never used). CI runs it after `make test` with the
+# screenshot in a temporary folder; by default it refreshes figures/08_explorer_browser.png.
+RISLIB_BROWSER_SCREENSHOT ?= figures/08_explorer_browser.png
 test-browser: setup
-	$(BIN)/python -m pip install -q -c requirements/constraints.txt ".[browser]" || $(BIN)/python -m pip install -q "playwright>=1.40"
-	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
-	RISLIB_BROWSER_SCREENSHOT=figures/08_explorer_browser.png $(BIN)/python -m pytest -m browser tests
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install -q -c requirements/constraints.txt "playwright>=1.40"
+	@command -v chromium >/dev/null || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium; }
+	@git status --porcelain > $(TREE_BEFORE) 2>/dev/null || true
+	RISLIB_BROWSER_SCREENSHOT=$(RISLIB_BROWSER_SCREENSHOT) RISLIB_CHROMIUM=$$(command -v chromium) $(BIN)/python -m pytest -m browser tests
+	@case "$(RISLIB_BROWSER_SCREENSHOT)" in figures/*) ;; *) $(CHECK_TREE) ;; esac
 
 demo: setup
 	$(BIN)/python -m rislib demo

@@ -291,16 +291,17 @@ def write_summary(args: argparse.Namespace) -> Path:
         "",
         scale_paragraph(shared, devices, minutes, eval_minutes, run),
         "",
-        "**How a claim is judged.** The papers' ablation tables could not be read (papers.md 2.3, 3.5, 4.6, 5.3), "
-        "so the claim is the direction their abstracts state: the full model beats the model without the "
-        "component. Δ = full − ablated, in points, on the same test sentences (testA: attribute words, testB: "
-        "spatial words, testC: unseen colour-shape pairs). The 95% interval is a paired bootstrap over the pooled "
-        "test sentences (2,000 resamples): **holds** when it lies above 0, **reversed** when below 0, otherwise "
-        "**inconclusive**. The interval covers the choice of test sentences only, not training noise: with one "
-        "seed a 'holds' or 'reversed' can still flip on another seed. **below floor** marks a claim whose full "
-        "model does not beat the best expression-blind heuristic on the same sentences (the heuristics pick a "
-        "whole annotated object, so they get exact masks for free): such a model has not yet learned to use the "
-        "expression, and its ablation says little about a trained model.",
+        '**How a claim is judged.** The papers\' ablation tables could not be read (the "Published results" '
+        "sections of docs/methods/), so the claim is the direction their abstracts state: the full model "
+        "beats the model without the component. Δ = full − ablated, in points, on the same test sentences "
+        "(testA: attribute words, testB: spatial words, testC: unseen colour-shape pairs). The 95% interval "
+        "is a paired bootstrap over the pooled test sentences (2,000 resamples): **holds** when it lies above "
+        "0, **reversed** when below 0, otherwise **inconclusive**. The interval covers the choice of test "
+        "sentences only, not training noise: with one seed a 'holds' or 'reversed' can still flip on another "
+        "seed. **below floor** marks a claim whose full model does not beat the best expression-blind "
+        "heuristic on the same sentences (the heuristics pick a whole annotated object, so they get exact "
+        "masks for free): such a model has not yet learned to use the expression, and its ablation says "
+        "little about a trained model.",
         "",
         "## Claims",
         "",

@@ -14,8 +14,8 @@
    on a GPU), evaluates them on the same splits and shows them beside the fresh model.
 
 A few CPU minutes show a model *learning* (its loss falls, its masks start to follow the
-words), not a good model: ``shared/design/performance.md`` measured about 25 mIoU after 4
-minutes on two cores. The shipped GPU checkpoints show where training leads.
+words), not a good model: ``docs/performance.md#on-the-cpu`` records about 25 mIoU after
+4 minutes on two cores. The shipped GPU checkpoints show where training leads.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ returns a scalar: the mean over the batch of a per-sample value.
   smoothed form used by SAM, DETR and Mask2Former.
 * :func:`sigmoid_focal_loss`: RetinaNet's focal loss (Lin et al. 2017),
   ``-alpha_t (1 - p_t)^gamma log(p_t)`` averaged over pixels, ``alpha = 0.25``, ``gamma = 2``.
-  HARIS trains with focal + dice [src: sciencestack TL;DR, papers.md 5.2].
+  HARIS trains with focal + dice [src: sciencestack TL;DR, docs/methods/haris.md#what-the-paper-states].
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25, gamm
 
 
 # ---- MagNet: Mask Grounding and the Cross-modal Alignment Loss ---------------------------------
-# Chng et al., CVPR 2024. The paper's formulas were not retrievable (papers.md 4.3-4.4); the forms
-# below are this project's interpretation, following papers.md 7.3 [proposal].
+# Chng et al., CVPR 2024. The paper's formulas were not retrievable (docs/methods/magnet.md#mask-grounding,
+# #cross-modal-alignment-loss); the forms below are this project's interpretation, following
+# docs/methods/magnet.md#this-projects-interpretation [proposal].
 
 __all__ += ["masked_token_loss", "pixel_text_alignment_loss", "pixel_contrastive_loss"]
 

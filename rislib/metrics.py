@@ -1,25 +1,25 @@
 """Referring-segmentation metrics, all computed from the same per-sample counts.
 
-A *sample* is one (image, expression) pair: every sentence of a referred object is scored
-on its own (LAVT/MagNet ``test.py``; papers.md 1.3). For each sample the accumulator keeps
-four pixel counts at the evaluation resolution: the intersection ``I_i = |P_i & G_i|``,
-the union ``U_i = |P_i | G_i|``, the predicted area ``|P_i|`` and the ground-truth area
-``|G_i|``. Every metric below is a function of these arrays, so the numbers of one run can
-never disagree with each other (papers.md 7.1, item 1).
+A *sample* is one (image, expression) pair: every sentence of a referred object is scored on its
+own (LAVT/MagNet ``test.py``; ``docs/data.md#evaluation-protocol``). For each sample the
+accumulator keeps four pixel counts at the evaluation resolution: the intersection
+``I_i = |P_i & G_i|``, the union ``U_i = |P_i | G_i|``, the predicted area ``|P_i|`` and the
+ground-truth area ``|G_i|``. Every metric below is a function of these arrays, so the numbers of
+one run can never disagree with each other (``docs/data.md#what-rislib-does``, item 1).
 
-Single-target metrics (RefCOCO family; papers.md 1.2, datasets.md 4.1):
+Single-target metrics (RefCOCO family; ``docs/data.md#definitions``):
 
 * ``oIoU`` (overall IoU; "cIoU" in GRES/LISA, "cum IoU" in PhraseCut) = sum I_i / sum U_i.
   Large objects dominate it, because they carry most of the pixels.
 * ``mIoU`` (mean IoU) = mean of IoU_i = I_i / U_i, every expression weighted equally.
-  CRIS's paper "IoU" is this number, not oIoU (datasets.md 4.3, pitfall 1).
+  CRIS's paper "IoU" is this number, not oIoU (``docs/data.md#pitfalls``, pitfall 1).
 * ``P@X`` (precision at X) = percentage of samples with IoU_i >= X for X in 0.5 ... 0.9.
   The comparator ``>=`` is LAVT's, MagNet's, ReLA's and CARIS's; CRIS and the official
   PhraseCut evaluator use the strict ``>``. It is a parameter (``comparator=">"``); the
   two differ only on exact ties, mostly at P@0.5 on small masks.
 
-Generalized metrics (gRefCOCO; GRES ``refer_evaluation.py``, datasets.md 2.2), reported
-when at least one sample has no target:
+Generalized metrics (gRefCOCO; GRES ``refer_evaluation.py``,
+``docs/data.md#generalized-metrics``), reported when at least one sample has no target:
 
 * ``gIoU`` = mean over *all* samples of a per-sample score: a no-target sample scores 1
   when the prediction is empty and 0 otherwise; a target sample scores its IoU_i.
@@ -37,9 +37,8 @@ and scores 1.
 
 GRES decides "no target" with a classifier head; a mask-only model has no such head, so
 here a prediction "says no target" exactly when it has no foreground pixel (the rule of
-papers.md 1.2). Models with a ``no_target_logits`` output fold it into their probability
-map (``RISModel.probabilities``), so the same rule covers them.
-
+``docs/data.md#generalized-metrics``). Models with a ``no_target_logits`` output fold it into
+their probability map (``RISModel.probabilities``), so the same rule covers them.
 This project's interpretation: on data that holds no-target samples, ``oIoU``, ``mIoU``
 and ``P@X`` are taken over the target samples only (GRES computes Pr@X that way; for
 oIoU/mIoU the GRES paper reports cIoU/gIoU instead and says nothing), so on single-target

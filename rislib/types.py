@@ -2,7 +2,7 @@
 
 Every model in rislib takes a :class:`Batch` and returns a :class:`ModelOutput`, so the
 trainer, the evaluator, the notebooks and the attention widgets treat all methods alike
-(see ``shared/design/architecture.md``, "One interface for every method").
+(see the README, section "The library": ``README.md#the-library``).
 
 Conventions
 -----------

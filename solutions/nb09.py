@@ -8,7 +8,8 @@ import numpy as np
 
 from rislib.tables import STANDARD_COLUMNS, lookup
 
-# Training refs per data set (datasets.md 1.5): the trainer, like LAVT, draws one sentence per ref per epoch.
+# Training refs per data set (docs/data.md#counts-per-split): the trainer, like LAVT, draws one
+# sentence per ref per epoch.
 TRAIN_REFS = {"refcoco": 42_404, "refcoco+": 42_278, "refcocog": 42_226}
 
 

@@ -102,6 +102,20 @@ def test_tiny_encoders_shapes_and_strides():
         torch.testing.assert_close(alone.sentence[0], out.sentence[0], atol=1e-5, rtol=1e-5)
 
 
+def test_tiny_cnn_coordinate_channels_tell_where_a_pixel_is():
+    torch.manual_seed(0)
+    v = build_vision_encoder("tiny_cnn", widths=(8, 16, 24, 32), coords=True).eval()
+    assert v.stem[0][0].in_channels == 5
+    flat = torch.full((1, 3, 64, 64), 0.5)
+    # a uniform image: without coordinates the centre features are all equal (translation
+    # equivariance); with them, the left and right halves of the stride-4 map differ
+    f = v(flat)[0][0]  # [8, 16, 16]
+    assert not torch.allclose(f[:, 8, 4], f[:, 8, 11], atol=1e-4)
+    plain = build_vision_encoder("tiny_cnn", widths=(8, 16, 24, 32)).eval()
+    g = plain(flat)[0][0]
+    torch.testing.assert_close(g[:, 8, 4], g[:, 8, 11])
+
+
 def test_coord_features_and_masked_mean():
     c = coord_features(1, 2, 4, torch.device("cpu"))
     assert c.shape == (1, 8, 2, 4)

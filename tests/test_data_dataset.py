@@ -118,3 +118,32 @@ def test_letterbox_keeps_aspect_and_restore_mask_inverts_it():
     assert lb2 is None and m2.shape == (32, 32) and m2[8:12, 8:24].all()
     back2 = restore_mask(torch.from_numpy(m2.astype(np.float32))[None, None], (h, w))
     assert back2.shape == (1, 1, h, w) and ((back2[0, 0] > 0.5).numpy() == mask).mean() > 0.97
+
+
+@pytest.mark.parametrize(
+    "dataset, mode, resize", [("refshapes", "train", "squash"), ("grefshapes", "eval", "letterbox")]
+)
+def test_preload_gives_the_items_of_reading_the_files(root, tmp_path, dataset, mode, resize):
+    src = open_source(root, dataset)
+    plain = RISDataset(src, "train", mode=mode, image_size=40, hflip=True, seed=2, resize=resize)
+    fresh = RISDataset(src, "train", mode=mode, image_size=40, hflip=True, seed=2, resize=resize)
+    assert not fresh.preloaded
+    fresh.preload(cache_dir=tmp_path, progress=False)
+    saved = list(tmp_path.glob("*.npz"))
+    assert fresh.preloaded and len(saved) == 1
+    again = RISDataset(src, "train", mode=mode, image_size=40, hflip=True, seed=2, resize=resize)
+    again.preload(cache_dir=tmp_path, progress=False)  # read back from the cache file
+    images = fresh._preloaded["images"]
+    assert images.shape[0] == len({r["image_id"] for r in src.refs("train")})  # one row per image
+    assert fresh.preload_bytes() == images.nbytes + fresh._preloaded["masks"].nbytes
+    for epoch in (0, 3):
+        for ds in (plain, fresh, again):
+            ds.set_epoch(epoch)
+        for i in range(len(plain)):
+            a, b, c = plain[i], fresh[i], again[i]
+            for other in (b, c):
+                assert torch.equal(a["image"], other["image"]) and torch.equal(a["mask"], other["mask"])
+                assert a["text"] == other["text"] and a["meta"] == other["meta"]
+    # another size is another cache file, not a stale hit
+    RISDataset(src, "train", mode=mode, image_size=24, resize=resize).preload(cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 2

@@ -1,4 +1,4 @@
-"""RefShapes conformance (shared/design/refshapes.md): files, masks, expressions, splits, determinism.
+"""RefShapes conformance (docs/refshapes.md): files, masks, expressions, splits, determinism.
 
 The expressions are checked by a re-implementation of the spec's grammar and geometry written
 here from the spec alone (regular expressions and NumPy on the decoded masks), not by the

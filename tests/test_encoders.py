@@ -86,7 +86,8 @@ def test_paper_size_vision_shapes_on_meta_device(name):
 
 
 def test_parameter_counts_match_the_published_measurement():
-    # papers.md 4.2: the official MagNet code gives Swin-B 86.88 M and BERT-base (no pooler) 108.89 M
+    # docs/methods/magnet.md#parameter-count: the official MagNet code gives Swin-B 86.88 M and
+    # BERT-base (no pooler) 108.89 M
     with torch.device("meta"):
         swin = build_vision_encoder("swin_b")
         bert = build_text_encoder("bert_base")

@@ -223,8 +223,9 @@ def _dice(logits, t):
     return (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
 
 
-def test_loss_is_20_focal_plus_dice_on_every_decoder_prediction():
-    model = build_model("haris", "tiny")
+def test_loss_is_weighted_focal_plus_dice_on_every_decoder_prediction():
+    assert build_model("haris", "tiny").config.focal_weight == 1.0  # 1:1 by default
+    model = build_model("haris", "tiny", focal_weight=20.0)
     torch.manual_seed(6)
     logits, earlier = torch.randn(2, 1, 4, 4), torch.randn(2, 3, 4, 4)
     target = (torch.rand(2, 1, 8, 8) > 0.5).float()
@@ -361,6 +362,30 @@ def test_tiny_model_overfits_eight_refshapes_samples(tmp_path):
     assert iou > 0.9, f"IoU {iou:.3f} after {step} steps (losses {losses[0]:.2f} -> {losses[-1]:.2f})"
     assert losses[-1] < 0.2 * losses[0]
     assert time.process_time() - start < 90
+
+
+def test_default_loss_segments_from_the_first_steps_where_20_to_1_predicts_nothing(tmp_path):
+    from rislib.data import RISDataset, collate_batch, generate_refshapes, open_source
+
+    generate_refshapes(tmp_path, counts={"train": 24, "val": 8}, size=64, workers=0, progress=False)
+    src = open_source(tmp_path, "refshapes")
+    train = RISDataset(src, "train", mode="train", image_size=64, seed=0)
+    val = RISDataset(src, "val", mode="eval", image_size=64)
+    held_out = collate_batch([val[i] for i in range(min(16, len(val)))])
+    non_empty = {}
+    for focal_weight in (1.0, 20.0):
+        torch.manual_seed(0)
+        model = build_model("haris", "tiny", image_size=64, focal_weight=focal_weight)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        for step in range(10):
+            batch = collate_batch([train[(step * 8 + k) % len(train)] for k in range(8)])
+            loss = model.loss(batch, model(batch))["total"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        non_empty[focal_weight] = model.predict(held_out).flatten(1).any(1).float().mean().item()
+    # measured: 1.0 vs 0.0 (the 20:1 focal term drives every pixel to background)
+    assert non_empty[1.0] >= 0.75 and non_empty[20.0] < non_empty[1.0], non_empty
 
 
 @pytest.mark.slow

@@ -462,7 +462,7 @@ def test_paper_preset_builds_and_matches_the_official_parameter_count():
     assert model.vision_encoder.channels == (128, 256, 512, 1024) and model.text_encoder.dim == 768
     assert model.bert_cut == (3, 6, 9, 12)
     test_time = sum(v for k, v in parts.items() if k != "mask_grounding")
-    # papers.md 4.2 [meas], official test-time model: 296.98 M. Differences, all explained:
+    # docs/methods/magnet.md#parameter-count [meas], official test-time model: 296.98 M. Differences, all explained:
     # + dense attention in the pixel decoder (4 layers x (263,168 - 230,272) = +131,584);
     # - LayerNorms the official model builds but never uses on its test path (Swin's 4 output
     #   norms, 2 x 1,920 = 3,840, and the language side's 4 norms, 4 x 1,536 = 6,144).

@@ -1,4 +1,4 @@
-"""The papers' tables: published numbers against papers.md, the renderer on fabricated
+"""The papers' tables: published numbers against docs/, the renderer on fabricated
 result files (Δ, like-with-like matching, protocol flags), the ablation bootstrap and verdicts,
 and the ``tables`` command."""
 
@@ -37,7 +37,7 @@ from rislib.tables.ablations import (
 )
 from rislib.tables.results import ResultFileError, read_result
 
-PAPERS_MD = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "papers.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 # ---- the published numbers --------------------------------------------------------------------
@@ -68,12 +68,12 @@ PAPERS_MD = Path(__file__).resolve().parents[1].parent / "shared" / "reference" 
         ("MagNet", "arefcoco", "n/r", "P@0.9", {}, 29.9),
     ],
 )
-def test_spot_values_from_papers_md(method, dataset, split, metric, kw, expected):
+def test_spot_values_from_the_docs(method, dataset, split, metric, kw, expected):
     assert lookup(method, dataset, split, metric, **kw) == expected
 
 
 def test_cells_the_sources_lack_stay_empty():
-    assert lookup("LTS", "refcocog", "val", "oIoU", split_by="google") is None  # n/r in papers.md 3.5
+    assert lookup("LTS", "refcocog", "val", "oIoU", split_by="google") is None  # n/r in docs/methods/lts.md
     assert lookup("CRIS", "refcocog", "val", "mIoU*", variant="R101", split_by="google") is None  # "-"
     assert lookup("MagNet", "refcoco", "val", "mIoU") is None  # MagNet's mIoU table was not retrieved
     assert published(method="LTS", metric="mIoU") == []
@@ -120,7 +120,7 @@ def test_selection_helpers():
         lookup("CRIS", "refcoco", "val", "mIoU*")  # R101 and R50: a variant is needed
 
 
-# ---- the whole of papers.md sections 6.1, 6.2, 4.6 and 3.5, read independently -----------------
+# ---- the tables of docs/baselines.md and the methods' "Published results", read independently ---
 _PAPERS_ROW = {
     ("LAVT", "oIoU"): ("LAVT", "", "oIoU"),
     ("LAVT", "mIoU"): ("LAVT", "", "mIoU"),
@@ -142,10 +142,11 @@ def _number(text: str) -> float | None:
     return float(text) if re.fullmatch(r"\d+\.\d+", text) else None
 
 
-def _papers_md() -> str:
-    if not PAPERS_MD.is_file():
-        pytest.skip(f"{PAPERS_MD} is not available here")
-    return PAPERS_MD.read_text()
+def _section(page: str, heading: str) -> str:
+    """The text of ``## heading`` in ``docs/<page>`` up to the next ``## `` heading."""
+    text = (DOCS / page).read_text()
+    assert f"\n## {heading}\n" in text, f"docs/{page} has no section '## {heading}'"
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def _cell(method, variant, metric, col):
@@ -155,8 +156,8 @@ def _cell(method, variant, metric, col):
     return found[0].value if found else None
 
 
-def test_main_table_equals_papers_md_section_6_1():
-    text = _papers_md().split("### 6.1", 1)[1].split("### 6.2", 1)[0]
+def test_main_table_equals_docs_baselines():
+    text = _section("baselines.md", "RefCOCO, RefCOCO+ and G-Ref")
     checked = 0
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -168,7 +169,7 @@ def test_main_table_equals_papers_md_section_6_1():
             checked += 1
     assert checked == 9 * len(_PAPERS_ROW)
     # LAVT's precision paragraph: nine groups of five numbers, in the column order
-    para = text.split("LAVT README also gives Prec@X", 1)[1].split("LAVT notes", 1)[0]
+    para = text.split("LAVT's README also gives Prec@X", 1)[1].split("**Run-to-run spread.**", 1)[0]
     groups = re.findall(r"(\d+\.\d+) / (\d+\.\d+) / (\d+\.\d+) / (\d+\.\d+) / (\d+\.\d+)", para)
     assert len(groups) == 9
     for col, group in zip(STANDARD_COLUMNS, groups):
@@ -176,9 +177,8 @@ def test_main_table_equals_papers_md_section_6_1():
             assert _cell("LAVT", "", f"P@0.{5 + k}", col) == float(raw)
 
 
-def test_grefcoco_and_seed_tables_equal_papers_md():
-    md = _papers_md()
-    text = md.split("### 6.2", 1)[1].split("## 7.", 1)[0]
+def test_grefcoco_and_seed_tables_equal_the_docs():
+    text = _section("baselines.md", "gRefCOCO")
     names = {"MattNet": ("MattNet", ""), "LTS": ("LTS", "re-trained by GRES"), "VLT": ("VLT", "re-trained by GRES"),
              "CRIS": ("CRIS", "re-trained by GRES"), "LAVT": ("LAVT", "re-trained by GRES"),
              "ReLA (Swin-B)": ("ReLA", "")}  # fmt: skip
@@ -193,12 +193,27 @@ def test_grefcoco_and_seed_tables_equal_papers_md():
             assert lookup(method, "grefcoco", split, metric, variant=variant) == float(raw), (method, split, metric)
             checked += 1
     assert checked == 36
-    # 4.6: MagNet combined-data row; 3.5: LTS's row
-    combined = re.search(r"\| paper \(via survey\) \|([^\n]+)", md.split("### 4.6", 1)[1]).group(1)
-    lts = re.search(r"\| paper \|([^\n]+)", md.split("### 3.5", 1)[1]).group(1)
+    # MagNet's combined-data row and LTS's row, on their method pages
+    combined = re.search(r"\| paper \(via survey\) \|([^\n]+)", _section("methods/magnet.md", "Published results"))
+    lts = re.search(r"\| paper \|([^\n]+)", _section("methods/lts.md", "Published results"))
+    combined, lts = combined.group(1), lts.group(1)
     for (method, variant), row in ((("MagNet", "combined data"), combined), (("LTS", ""), lts)):
         values = [float(v) for v in row.strip().strip("|").split("|")]
         assert values == [_cell(method, variant, "oIoU", c) for c in STANDARD_COLUMNS[:8]]
+
+
+def test_magnet_page_table_equals_the_published_rows():
+    rows = {"CRIS": ("CRIS", "R101", "mIoU*"), "LAVT": ("LAVT", "", "oIoU"), "ReLA": ("ReLA", "", "oIoU"),
+            "MagNet": ("MagNet", "", "oIoU")}  # fmt: skip
+    seen = set()
+    for line in _section("methods/magnet.md", "Published results").splitlines():
+        cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+        if len(cells) != 10 or cells[0] not in rows:
+            continue
+        seen.add(cells[0])
+        method, variant, metric = rows[cells[0]]
+        assert [_number(c) for c in cells[1:]] == [_cell(method, variant, metric, c) for c in STANDARD_COLUMNS]
+    assert seen == set(rows)
 
 
 # ---- fabricated result files ----------------------------------------------------------------

@@ -409,3 +409,51 @@ def test_bench_measures_both_sides_and_merges_result_files(tmp_path):
     assert write_result(other, tmp_path) == path
     merged = json.loads(path.read_text())
     assert sorted({r["model"] for r in merged["results"]}) == ["_trainer_toy", "other"] and len(merged["results"]) == 4
+
+
+def test_size_schedule_resizes_training_images_at_the_scheduled_steps(tmp_path):
+    model = build_toy()
+    sizes = []
+    original = model.forward
+
+    def spy(batch):
+        sizes.append(batch.images.shape[-1])
+        return original(batch)
+
+    model.forward = spy
+    cfg = toy_config(tmp_path, steps=8, size_schedule=((0.0, 16), (0.75, 32)))
+    tr = Trainer(model, cfg, train_dataset=ToyShapes(64), collate_fn=toy_collate)
+    assert [tr.train_size(s) for s in (0, 5, 6, 7)] == [16, 16, 32, 32]
+    res = tr.fit()
+    assert sizes == [16] * 6 + [32] * 2 and res.summary["steps"] == 8
+    assert res.summary["train_cpu_minutes"] > 0
+    # masks stay at the data set's size: the loss upsamples the smaller logits to them
+    batch = toy_collate([ToyShapes(2)[i] for i in range(2)])
+    tr.step = 0
+    prepared = tr._prepare(batch)
+    assert prepared.images.shape[-1] == 16 and prepared.masks.shape[-1] == 32
+    plain = Trainer(build_toy(), toy_config(tmp_path), train_dataset=ToyShapes(8), collate_fn=toy_collate)
+    assert plain.train_size() is None
+    for bad in (((0.5, 16),), ((0.0, 16), (0.0, 32)), ((0.0, 16), (1.0, 32)), ((0.0, 4),)):
+        with pytest.raises(ValueError, match="size_schedule"):
+            toy_config(tmp_path, size_schedule=bad)
+
+
+def test_cpu_threads_follow_the_load_unless_given(monkeypatch):
+    from rislib.engine import threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+        monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+        assert threads.free_cpu_threads(default=4) == 1  # 4 cores, 2.6 busy: round(1.4)
+        monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+        assert threads.free_cpu_threads(default=4) == 4 and threads.free_cpu_threads(default=2) == 2
+        monkeypatch.setattr(threads.os, "getloadavg", lambda: (9.0, 0.0, 0.0))
+        assert threads.free_cpu_threads(default=4) == 1  # never below one
+        assert threads.set_cpu_threads(3) == 3 and torch.get_num_threads() == 3
+        assert threads.set_cpu_threads(None) == 1 and torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="threads"):
+            threads.set_cpu_threads(-1)
+    finally:
+        torch.set_num_threads(before)

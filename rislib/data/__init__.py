@@ -5,7 +5,7 @@ Loaders share one interface (``refs(split)``, ``image(ref)``, ``mask(ref)``, ``s
 :func:`open_source` picks the right one by name. :class:`RISDataset` turns a loader's split
 into resized ``(image, expression, mask)`` items and :func:`collate_batch` stacks them into a
 :class:`rislib.types.Batch`. :func:`generate_refshapes` writes the synthetic benchmark in the
-REFER / gRefCOCO layouts (``shared/design/refshapes.md``).
+REFER / gRefCOCO layouts (``docs/refshapes.md``).
 """
 
 from .catalog import ALL_DATASETS, DatasetInfo

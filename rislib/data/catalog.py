@@ -3,7 +3,7 @@
 The REFER toolkit hard-codes these per data set (and exits on an unknown name); here they are
 data, and a folder not listed still loads when ``split_by`` (and ``image_dir``) are given.
 Image folders are tried in order: REFER's own layout first, then the one CRIS and ReLA use
-(``shared/reference/datasets.md`` sections 1.1, 2.1, 3.1).
+(``docs/data.md#files-on-disk``, ``#grefcoco``, ``#phrasecut``).
 """
 
 from __future__ import annotations

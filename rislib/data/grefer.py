@@ -1,6 +1,6 @@
 """gRefCOCO (generalized RIS) and gRefShapes: multi-target and no-target expressions.
 
-Layout (ReLA / GRES; ``shared/reference/datasets.md`` section 2.1)::
+Layout (ReLA / GRES; ``docs/data.md#grefcoco``)::
 
     ROOT/<dataset>/instances.json
     ROOT/<dataset>/grefs(<splitBy>).json    (or grefs(<splitBy>).p)

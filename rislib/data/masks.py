@@ -1,8 +1,8 @@
 """COCO segmentations (polygons, uncompressed and compressed RLE) to binary masks.
 
 The result equals pycocotools' ``COCO.annToMask``: the union of all polygon parts (REFER's
-``getMask`` sums the parts instead, which makes overlap pixels 2; ``shared/reference/
-datasets.md`` section 1.6 explains why rislib uses the union).
+``getMask`` sums the parts instead, which makes overlap pixels 2;
+``docs/data.md#masks-from-polygons`` explains why rislib uses the union).
 """
 
 from __future__ import annotations

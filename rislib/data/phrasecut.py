@@ -1,6 +1,6 @@
 """VGPhraseCut: phrase-region pairs on Visual Genome images, for zero-shot evaluation.
 
-Layout (ChenyunWu/PhraseCutDataset; ``shared/reference/datasets.md`` section 3.1)::
+Layout (ChenyunWu/PhraseCutDataset; ``docs/data.md#phrasecut``)::
 
     ROOT/refer_<split>.json               list of tasks
     ROOT/image_data_split.json            optional: per image id, width, height, split

@@ -9,7 +9,7 @@
 A ref has ``ref_id``, ``ann_id``, ``image_id``, ``split``, ``category_id``, ``file_name``
 (REFER's suffixed name, not an image file: the image's own entry gives the file),
 ``sent_ids`` and ``sentences`` (each ``sent_id``, ``sent``, ``raw``, ``tokens``), plus ``type``
-in RefShapes (``shared/reference/datasets.md`` section 1.3).
+in RefShapes (``docs/data.md#fields-of-a-ref``).
 
 Differences from the REFER toolkit, on purpose: the pickle is read with a restricted
 unpickler (built-in types only); masks are the union of the polygon parts (pycocotools

@@ -1,7 +1,7 @@
 """RefShapes and gRefShapes: the course's synthetic referring-segmentation benchmark (spec v1).
 
 :func:`generate_refshapes` writes a data set in the REFER layout that the RefCOCO loaders
-read (``shared/design/refshapes.md``)::
+read (``docs/refshapes.md``)::
 
     ROOT/images/refshapes/refshapes_<split>_<image_id:07d>.png
     ROOT/refshapes/instances.json        COCO dict: images, annotations, categories

@@ -1,9 +1,9 @@
 """Which expressions an image admits, and which references it keeps.
 
 Given a :class:`~rislib.data.refshapes_language.Scene`, this module lists for every object
-the expressions of each type that single it out (``shared/design/refshapes.md``,
-"Expressions"), the multi-target and no-target expressions of the generalized variant, and
-chooses at most ``max_refs`` references per image, balanced across the types it admits.
+the expressions of each type that single it out (``docs/refshapes.md#reference-types``), the
+multi-target and no-target expressions of the generalized variant, and chooses at most
+``max_refs`` references per image, balanced across the types it admits.
 
 A *candidate* is a tuple of expression trees that mean the same thing and differ only in
 template (``the NP on the left`` / ``the leftmost NP``; ``all NPs`` / ``the two NPs``);

@@ -1,6 +1,6 @@
 """RefShapes expressions: the grammar, its meaning on a scene, and the candidates an image admits.
 
-Follows ``shared/design/refshapes.md`` (spec v1), section "Expressions". An expression is
+Follows ``docs/refshapes.md`` (spec v1), sections "Expressions" and "Reference types". An expression is
 held as a small tree (:class:`Attr`, :class:`Loc`, :class:`Rel`, :class:`Ord`, :class:`Multi`)
 that :func:`realise` turns into strings and :func:`parse_expression` reads back; its meaning
 on a :class:`Scene` is :func:`evaluate`, which the generator applies to every sentence it

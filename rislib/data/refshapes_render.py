@@ -1,6 +1,6 @@
 """RefShapes images: shapes, colours, the gradient background, and placement with occlusion.
 
-Everything here follows ``shared/design/refshapes.md`` (spec v1), section "Images":
+Everything here follows ``docs/refshapes.md#images`` (spec v1):
 
 * square RGB images of side ``S`` (a multiple of 32 in ``[64, 1024]``);
 * a two-colour linear gradient background (channels in ``20..140``) plus Gaussian noise

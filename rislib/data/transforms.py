@@ -2,7 +2,7 @@
 
 * :func:`resize_pair`: image and mask to ``S x S``, either squashed ignoring the aspect ratio
   (LAVT / MagNet / ReLA protocol; the mask with NEAREST) or letterboxed (aspect kept, padded;
-  CRIS-style), ``shared/reference/datasets.md`` section 1.7.
+  CRIS-style), ``docs/data.md#how-the-reference-code-reads-the-data``.
 * :func:`flip_expression`: a horizontal flip must swap left and right in the words too
   (section 4.3, pitfall 7); the reference codebases do not flip at all.
 * :func:`restore_mask`: maps a prediction made at ``S x S`` back to the original image size,

@@ -11,7 +11,7 @@ and the output is ::
 where ``V_l^m`` is level ``l`` of the projected values of head ``m``, read with bilinear
 interpolation (``F.grid_sample``, zero outside the map). Mask2Former (Cheng et al., CVPR 2022)
 stacks post-norm encoder layers of this attention over the backbone levels and calls the
-result its pixel decoder; MagNet (papers.md 4.2 [code]) uses it over all four Swin levels
+result its pixel decoder; MagNet (docs/methods/magnet.md#decoder [code]) uses it over all four Swin levels
 with 4 layers, 8 heads, 4 points, FFN 1024 and dropout 0.
 
 The official code ships a CUDA kernel for the sampling, but MagNet's released model

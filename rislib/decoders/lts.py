@@ -2,8 +2,9 @@
 
 The paper states that the object position prior is concatenated with the cross-modal
 features and that a light-weight convolutional network produces the final mask
-(papers.md 3.2, verified at block-diagram level). Its layers are not retrievable here, so the
-head below is this project's interpretation (papers.md 3.6 [proposal]):
+(docs/methods/lts.md#what-the-paper-states, verified at block-diagram level). Its layers are
+not retrievable here, so the head below is this project's interpretation
+(docs/methods/lts.md#segment-and-loss [proposal]):
 
     X = CBR3x3([M3; Up(sigmoid(P))]) -> CBR3x3 -> CBR3x3 -> Conv1x1 -> logits at stride 8
 

@@ -3,13 +3,14 @@
 Paper: Zhang et al., "Referring Image Segmentation via Mutual-Aware Attention Features",
 arXiv 2311.15727 (v4 "RISAM"; v1 was titled "MARIS").
 
-What the paper states (verified from its abstracts, ``shared/reference/papers.md`` 2.2):
+What the paper states (verified from its abstracts, ``docs/methods/maris.md#what-the-paper-states``):
 the decoder (v1 "Mask Decoder", v4 "Mutual-Aware Mask Decoder") gives explicit linguistic
 guidance, and contains a *multi-modal query token* that integrates linguistic information
 and interacts with visual information simultaneously; the model builds on SAM.
 
-Everything else is this project's interpretation (papers.md 2.4 item 5, [proposal]): the
-paper's decoder depth, width, token layout and query-token construction could not be read.
+Everything else is this project's interpretation
+(``docs/methods/maris.md#mutual-aware-mask-decoder``, [proposal]): the paper's decoder depth,
+width, token layout and query-token construction could not be read.
 
 * SAM's mask decoder (Kirillov et al. 2023, section 3 and appendix A) with its sparse prompt
   tokens replaced by language: tokens ``T = [q_mm ; F_l'']`` where ``F_l''`` are the

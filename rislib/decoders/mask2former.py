@@ -1,8 +1,9 @@
 """A Mask2Former-style decoder: a multi-scale pixel decoder and a masked-attention query decoder.
 
 MagNet (Chng et al., CVPR 2024) decodes with the head of Mask2Former (Cheng et al., CVPR 2022)
-as its official code configures it (``shared/reference/papers.md`` section 4.2 [code]); HARIS
-uses the same kind of decoder with a learnable query (papers.md 7.5). Two modules:
+as its official code configures it (``docs/methods/magnet.md#decoder`` [code]); HARIS uses
+the same kind of decoder with a learnable query (``docs/methods/haris.md#decoder``,
+[proposal]). Two modules:
 
 :class:`MultiScalePixelDecoder`
     Projects the four backbone maps (strides 4, 8, 16, 32) to ``dim`` channels (1x1 conv +
@@ -136,7 +137,7 @@ class MultiScalePixelDecoder(nn.Module):
     """Multi-scale transformer pixel decoder (replaces Mask2Former's MSDeformAttn encoder).
 
     See the module docstring for what is changed from the official MagNet code and what it
-    costs. Defaults follow MagNet's configuration (papers.md 4.2 [code]): ``dim`` 256, 4
+    costs. Defaults follow MagNet's configuration (docs/methods/magnet.md#decoder [code]): ``dim`` 256, 4
     encoder layers, 8 heads, FFN 1024, dropout 0, GroupNorm(32) input projections.
 
     Args:
@@ -283,7 +284,7 @@ class MaskedQueryDecoderLayer(nn.Module):
 
 
 class MaskedQueryDecoder(nn.Module):
-    """Mask2Former's masked-attention transformer decoder (papers.md 4.2 [code]).
+    """Mask2Former's masked-attention transformer decoder (docs/methods/magnet.md#decoder [code]).
 
     MagNet's configuration: ``dim`` 256, **one** query, 9 layers (``DEC_LAYERS = 10`` in the
     official config counts the initial prediction), 8 heads, FFN 2048, dropout 0, post-norm,

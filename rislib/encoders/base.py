@@ -73,7 +73,7 @@ class Tokenizer(ABC):
     """Turns expressions into padded ids. ``max_length`` counts special tokens.
 
     When an expression is longer than ``max_length`` it is cut and a warning names it,
-    as LAVT/MagNet cut at 20 BERT tokens (``shared/reference/datasets.md`` section 6).
+    as LAVT/MagNet cut at 20 BERT tokens (``docs/data.md#tokenisation``).
     """
 
     max_length: int
@@ -95,7 +95,7 @@ class Tokenizer(ABC):
         )
 
 
-# The closed vocabulary of RefShapes (shared/design/refshapes.md, "Expressions").
+# The closed vocabulary of RefShapes (docs/refshapes.md#expressions).
 REFSHAPES_VOCAB: tuple[str, ...] = (
     "the", "all", "two", "three", "shape", "shapes",
     "small", "little", "big", "large",

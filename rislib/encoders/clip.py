@@ -1,10 +1,10 @@
 """CLIP image and text towers (Radford et al. 2021) behind rislib's two encoder interfaces.
 
 HARIS adapts a pre-trained image/text pair with parameter-efficient fine-tuning to keep its
-zero-shot ability [src: HARIS abstract, ``shared/reference/papers.md`` 5.2]; which pair it
-uses could not be read, and CLIP ViT-B/16 is this project's interpretation (papers.md 5.4,
-7.5 [proposal]). Both towers are ``transformers``' CLIP modules, so a checkpoint in the
-official Hugging Face key layout loads unchanged:
+zero-shot ability [src: HARIS abstract, ``docs/methods/haris.md#what-the-paper-states``];
+which pair it uses could not be read, and CLIP ViT-B/16 is this project's interpretation
+(``docs/methods/haris.md#encoders`` [proposal]). Both towers are ``transformers``' CLIP
+modules, so a checkpoint in the official Hugging Face key layout loads unchanged:
 
 * :class:`CLIPVisionEncoder` (``"clip_vit_b16"``, ``"clip_tiny"``): a ViT whose token grids
   after chosen blocks ("taps") are returned as ``[B, C, H/16, W/16]`` maps. The position
@@ -16,7 +16,7 @@ official Hugging Face key layout loads unchanged:
   the sentence feature is the hidden state at the end-of-text token, as CLIP pools.
 * :class:`CLIPBPETokenizer`: CLIP's byte-level BPE, read from a folder holding
   ``vocab.json`` and ``merges.txt``; an expression longer than ``max_length`` is cut and its
-  last id forced to end-of-text (CRIS's rule, ``shared/reference/datasets.md`` section 6).
+  last id forced to end-of-text (CRIS's rule, ``docs/data.md#tokenisation``).
 
 Weights load from a Hugging Face folder (``config.json`` + ``model.safetensors`` /
 ``pytorch_model.bin``) or a single state-dict file, with keys either prefixed as in the
@@ -139,7 +139,7 @@ class CLIPVisionEncoder(VisionEncoder):
         config: the ``transformers`` vision config (width, depth, heads, patch size, and the
             side its position table was made for).
         taps: 1-based block indices whose outputs are returned, in increasing order
-            (``(4, 8, 12)`` for ViT-B: F_v1, F_v2, F_v3 of HARIS, papers.md 5.2b / 5.4).
+            (``(4, 8, 12)`` for ViT-B: F_v1, F_v2, F_v3 of HARIS, docs/methods/haris.md#encoders).
             Blocks after the last tap are dropped (they would cost time and receive no
             gradient); their checkpoint keys are ignored when loading.
         img_size: the input side the encoder is used at. Inputs may have any side that the
@@ -154,7 +154,8 @@ class CLIPVisionEncoder(VisionEncoder):
         with ``C = config.hidden_size`` and ``p = config.patch_size``.
     """
 
-    #: glob of the blocks' MLPs, where parallel adapters go (papers.md 5.4 [proposal]).
+    #: glob of the blocks' MLPs, where parallel adapters go
+    #: (docs/methods/haris.md#loss-adapters-and-recipe [proposal]).
     adapter_pattern = "model.encoder.layers.*.mlp"
 
     def __init__(

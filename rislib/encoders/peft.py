@@ -2,9 +2,10 @@
 
 MARIS/RISAM (v4) and HARIS both state that their pre-trained encoders are adapted with a
 parameter-efficient fine-tuning (PEFT) framework to keep the encoders' generalisation and
-zero-shot ability [src: both abstracts, ``shared/reference/papers.md`` 2.2 and 5.2]. Neither
-paper's adapter design could be read here, so the adapters below are this project's
-interpretation ([proposal] in papers.md 2.4.6 and 5.4):
+zero-shot ability [src: both abstracts, ``docs/methods/maris.md#what-the-paper-states`` and
+``docs/methods/haris.md#what-the-paper-states``]. Neither paper's adapter design could be
+read here, so the adapters below are this project's interpretation ([proposal] in
+``docs/methods/maris.md#adapters`` and ``docs/methods/haris.md#loss-adapters-and-recipe``):
 
 * :class:`BottleneckAdapter` in parallel with a transformer block's MLP (AdaptFormer style):
   ``y = MLP(x) + s * W_up GELU(W_down x)``, ``W_up`` zero-initialised so training starts

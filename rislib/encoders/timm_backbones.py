@@ -8,14 +8,15 @@ the taps by their index in timm's ``feature_info`` (one entry per stage, stride 
 
 Registered builders (paper-size and test-size variants of each family; default taps in brackets):
 
-* ``swin_b``: Swin-B, window 12, the 384 configuration LAVT and MagNet start from (papers.md
-  4.2 [code]); any input whose sides divide by 32 [strides 4, 8, 16, 32].
+* ``swin_b``: Swin-B, window 12, the 384 configuration LAVT and MagNet start from
+  (docs/methods/magnet.md#encoders [code]); any input whose sides divide by 32
+  [strides 4, 8, 16, 32].
   ``swin_tiny_test``: the same architecture at width 16, window 4. ``official_windows=True``
   makes both compute their windows as the original Swin code does (see
   :func:`use_official_windows`).
 * ``darknet53``: DarkNet-53 (timm's ``cspnet`` ``darknet53``), the backbone family of MCN/LTS
-  (papers.md 3.3 [recall]) [strides 8, 16, 32]. ``darknet_tiny_test``: its layout at 1/4 width,
-  one block per stage.
+  (docs/methods/lts.md#recalled-details [recall]) [strides 8, 16, 32]. ``darknet_tiny_test``:
+  its layout at 1/4 width, one block per stage.
 * ``resnet50`` / ``resnet101``: torchvision-layout ResNets [strides 4, 8, 16, 32].
   ``resnet_tiny_test``: timm's ``test_resnet``.
 * ``efficientnet_lite0``: EfficientNet-Lite0 with the ImageNet weights shipped by the
@@ -283,7 +284,8 @@ def swin_b(
 ) -> TimmBackbone:
     """Swin-B (embed 128, depths 2-2-18-2, heads 4-8-16-32, window 12) as in LAVT and MagNet.
 
-    Outputs 128/256/512/1024 channels at strides 4/8/16/32 (papers.md 4.2 [code]). Drop-path
+    Outputs 128/256/512/1024 channels at strides 4/8/16/32 (docs/methods/magnet.md#encoders
+    [code]). Drop-path
     0.3 as in MagNet's ``args.py``. ``img_size`` only sets the resolution the attention masks are
     precomputed for; any input whose sides divide by 32 is accepted (timm's
     ``strict_img_size=False``: shift masks are built per input size). Where a stage's map is
@@ -363,10 +365,11 @@ def darknet53(
 ) -> TimmBackbone:
     """DarkNet-53 (timm's ``cspnet`` ``darknet53``): 256/512/1024 channels at strides 8/16/32.
 
-    These are the three levels the MCN/LTS family reads at 416x416 (52/26/13 cells; papers.md
-    3.3 [recall]). The COCO-trained DarkNet of MCN comes from another code base; a converted
-    copy must be saved in timm's key layout to load here. YOLO-family weights expect images in ``[0, 1]``
-    without mean/std: pass ``pixel_mean=(0, 0, 0), pixel_std=(1, 1, 1)`` for them.
+    These are the three levels the MCN/LTS family reads at 416x416 (52/26/13 cells;
+    docs/methods/lts.md#recalled-details [recall]). The COCO-trained DarkNet of MCN comes from
+    another code base; a converted copy must be saved in timm's key layout to load here.
+    YOLO-family weights expect images in ``[0, 1]`` without mean/std: pass
+    ``pixel_mean=(0, 0, 0), pixel_std=(1, 1, 1)`` for them.
     """
     return _build(
         "darknet53",

@@ -4,7 +4,7 @@
 * :class:`TinyTextTransformer`: word embeddings + learned positions + a few transformer layers.
 * :class:`TinyBiGRU`: word embeddings + a bidirectional GRU with the two directions summed and
   self-attentive pooling to a sentence vector, the language branch of the MCN/LTS family
-  (``shared/reference/papers.md`` section 3.4).
+  (``docs/methods/lts.md#the-mcn-family``).
 """
 
 from __future__ import annotations
@@ -28,12 +28,21 @@ class TinyCNN(VisionEncoder):
     Args:
         widths: channels of the four outputs (strides 4, 8, 16, 32).
         blocks_per_stage: 3x3 conv-BN-ReLU layers after each downsampling.
+        coords: append two coordinate channels (x and y in ``[-1, 1]``) to the image before the
+            first convolution (CoordConv, Liu et al. 2018), so that every feature can know where
+            it is; a convolution alone is translation-equivariant and must infer position from
+            the zero padding at the borders. This project's option for words like "left" and
+            "topmost".
     """
 
-    def __init__(self, widths: Sequence[int] = (32, 64, 96, 128), blocks_per_stage: int = 1) -> None:
+    def __init__(
+        self, widths: Sequence[int] = (32, 64, 96, 128), blocks_per_stage: int = 1, coords: bool = False
+    ) -> None:
         super().__init__(IMAGENET_MEAN, IMAGENET_STD)
         w0 = widths[0]
-        self.stem = nn.Sequential(ConvNormAct(3, w0 // 2, 3, 2), ConvNormAct(w0 // 2, w0, 3, 2))  # stride 4
+        self.coords = bool(coords)
+        c_in = 5 if self.coords else 3
+        self.stem = nn.Sequential(ConvNormAct(c_in, w0 // 2, 3, 2), ConvNormAct(w0 // 2, w0, 3, 2))  # stride 4
         stages = []
         prev = w0
         for i, w in enumerate(widths):
@@ -46,7 +55,12 @@ class TinyCNN(VisionEncoder):
         self.strides = (4, 8, 16, 32)
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
-        x = self.stem(x)  # [B, 3, H, W] -> [B, w0, H/4, W/4]
+        if self.coords:
+            b, _, h, w = x.shape
+            ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+            xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+            x = torch.cat([x, xs, ys], 1)  # [B, 3, H, W] -> [B, 5, H, W]
+        x = self.stem(x)  # [B, C_in, H, W] -> [B, w0, H/4, W/4]
         outs = []
         for stage in self.stages:
             x = stage(x)
@@ -93,8 +107,8 @@ class TinyTextTransformer(TextEncoder):
 class TinyBiGRU(TextEncoder):
     """Embeddings -> bidirectional GRU (directions summed) -> self-attentive pooling.
 
-    MCN's language branch, which LTS is recalled to share (papers.md sections 3.3-3.4,
-    [recall]): ``a = softmax_L(w^T tanh(W h_l))``, ``f = sum_l a_l h_l``.
+    MCN's language branch, which LTS is recalled to share (docs/methods/lts.md#recalled-details
+    and #the-mcn-family, [recall]): ``a = softmax_L(w^T tanh(W h_l))``, ``f = sum_l a_l h_l``.
 
     Args:
         dim: GRU hidden size per direction (= word and sentence feature width).
@@ -148,8 +162,8 @@ class TinyBiGRU(TextEncoder):
 
 
 @register_vision_encoder("tiny_cnn")
-def tiny_cnn(widths: Sequence[int] = (32, 64, 96, 128), blocks_per_stage: int = 1) -> TinyCNN:
-    return TinyCNN(widths, blocks_per_stage)
+def tiny_cnn(widths: Sequence[int] = (32, 64, 96, 128), blocks_per_stage: int = 1, coords: bool = False) -> TinyCNN:
+    return TinyCNN(widths, blocks_per_stage, coords)
 
 
 @register_text_encoder("tiny_transformer")

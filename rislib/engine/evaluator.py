@@ -4,7 +4,7 @@
 ``rislib eval`` command, the heuristics' floor and the notebooks all call it, so every
 number in the course is produced the same way.
 
-Protocol (papers.md 1.3 and 7.1, datasets.md 4.2-4.3):
+Protocol (``docs/data.md#evaluation-protocol``, ``#the-codebases-side-by-side``, ``#pitfalls``):
 
 * every sentence of every referred object is one sample (the data set must be in
   ``mode="eval"``);

@@ -15,7 +15,7 @@ On RefShapes, picking the biggest or the most salient shape is no better than pi
 random (all three near 22% mIoU on testA and testB; ``benchmarks/results/heuristics_refshapes.json``):
 the benchmark is built so that size and salience say little about which object is meant, and
 30% of its images plant a salient distractor, a big look-alike of a small referent (MARIS's
-failure case, ``shared/design/refshapes.md``). A method whose numbers are near these has
+failure case, ``docs/refshapes.md#images``). A method whose numbers are near these has
 learned salience, not language.
 
 This project's interpretation: the salience score (colour contrast with a ring of

@@ -6,7 +6,7 @@ exist for every method:
 
 * ``paper``: what the method's paper (or its closest verified ancestor) trained with, at the
   paper's resolution and batch size. Every value carries its provenance in a comment, with
-  the tags of ``shared/reference/papers.md``: [src]/[code] read in the paper's code or a
+  the tags of ``docs/README.md#how-facts-are-tagged``: [src]/[code] read in the paper's code or a
   README, [recall]/[proposal] not verified (this project's interpretation). Only LAVT's and
   MagNet's recipes are verified (MagNet's is LAVT's, read in the released code, parameter
   groups included); LTS's follows its MCN ancestor; MARIS's and HARIS's papers could not be
@@ -127,10 +127,10 @@ _PAPER: dict[str, Recipe] = {
         name="paper",
         method="lts",
         epochs=45,  # MCN: 45 epochs [src MCN config.json]; LTS's own length not read [recall]
-        batch_size=32,  # papers.md 3.6 [proposal]; MCN used 35 [src]
+        batch_size=32,  # docs/methods/lts.md#recipe [proposal]; MCN used 35 [src]
         optimizer="adam",  # MCN family: Adam [src MCN]; LTS [recall]
         lr=1e-3,  # MCN lr 0.001 [src]
-        backbone_lr_scale=0.1,  # backbone 1e-4 [proposal, papers.md 3.6 / 7.2]
+        backbone_lr_scale=0.1,  # backbone 1e-4 [proposal, docs/methods/lts.md#recipe]
         weight_decay=0.0,  # not stated anywhere read [proposal]
         schedule="step",
         milestones=(30 / 45, 35 / 45, 40 / 45),  # x0.1 at epochs 30/35/40 [src MCN config.json]
@@ -138,7 +138,8 @@ _PAPER: dict[str, Recipe] = {
         image_size=416,  # MCN/LTS input 416x416 [src MCN; recall LTS]
         grad_clip=None,
         hflip=False,
-        source="MCN family (papers.md 3.4 [src]); LTS's own recipe not read: this project's interpretation",
+        source="MCN family (docs/methods/lts.md#the-mcn-family [src]); LTS's own recipe not read: "
+        "this project's interpretation",
     ),
     "lavt": Recipe(
         name="paper",
@@ -158,7 +159,7 @@ _PAPER: dict[str, Recipe] = {
         # train.py's groups: Swin norms / position bias not decayed, decoder decayed, BERT
         # layers 0-9 only (embeddings and layers 10-11 not optimised) [code]
         model_settings={"optimizer_groups": "lavt"},
-        source="LAVT-RIS train.py / args.py at 1da0af9 (papers.md 4.5 [src]/[code])",
+        source="LAVT-RIS train.py / args.py at 1da0af9 (docs/methods/magnet.md#training-recipe [src]/[code])",
     ),
     "magnet": Recipe(
         name="paper",
@@ -179,13 +180,13 @@ _PAPER: dict[str, Recipe] = {
         # language-side fusions, lang_proj and the Mask Grounding head (not in LAVT) are decayed:
         # this project's interpretation
         model_settings={"optimizer_groups": "lavt"},
-        source="LAVT/MagNet code defaults and LAVT's parameter groups (papers.md 4.5 [code]/[src]); "
-        "MagNet's own epochs/GPUs n/r",
+        source="LAVT/MagNet code defaults and LAVT's parameter groups "
+        "(docs/methods/magnet.md#training-recipe [code]/[src]); MagNet's own epochs/GPUs n/r",
     ),
     "maris": Recipe(
         name="paper",
         method="maris",
-        epochs=50,  # [proposal] papers.md 2.4 item 8
+        epochs=50,  # [proposal] docs/methods/maris.md#recipe
         batch_size=16,  # [proposal]
         optimizer="adamw",  # [proposal]
         lr=1e-4,  # new modules and adapters [proposal]
@@ -196,12 +197,12 @@ _PAPER: dict[str, Recipe] = {
         image_size=1024,  # SAM's native input [proposal]
         grad_clip=None,
         hflip=False,
-        source="papers.md 2.4 item 8 [proposal]: the paper's recipe could not be read",
+        source="docs/methods/maris.md#recipe [proposal]: the paper's recipe could not be read",
     ),
     "haris": Recipe(
         name="paper",
         method="haris",
-        epochs=50,  # [proposal] papers.md 5.4
+        epochs=50,  # [proposal] docs/methods/haris.md#loss-adapters-and-recipe
         batch_size=32,  # [proposal]
         optimizer="adamw",  # [proposal]
         lr=1e-4,  # [proposal]
@@ -211,7 +212,7 @@ _PAPER: dict[str, Recipe] = {
         image_size=480,  # CLIP position embeddings interpolated [proposal]
         grad_clip=None,
         hflip=False,
-        source="papers.md 5.4 [proposal]: the paper's recipe could not be read",
+        source="docs/methods/haris.md#loss-adapters-and-recipe [proposal]: the paper's recipe could not be read",
     ),
 }
 # The course's baselines have no paper; they train with LAVT's recipe (xattn is a LAVT-like
@@ -221,7 +222,8 @@ for _m in ("concat", "xattn"):
         _PAPER["magnet"],
         method=_m,
         model_settings={},  # the baselines keep rislib's parameter groups
-        source="course baseline: LAVT's recipe (papers.md 4.5) with rislib's parameter groups, this project's choice",
+        source="course baseline: LAVT's recipe (docs/methods/magnet.md#training-recipe) with rislib's parameter "
+        "groups, this project's choice",
     )
 
 

@@ -95,18 +95,32 @@ def ensure_refshapes(
     return True
 
 
+PRELOAD_AUTO_BYTES = 4 * 2**30  # "auto" preloads when the arrays take at most this much memory
+
+
 def build_datasets(
     root: str | Path, dataset: str, *, image_size: int, hflip: bool, seed: int, split_by: str | None = None,
-    train_split: str = "train", val_split: str | None = "val",
+    train_split: str = "train", val_split: str | None = "val", preload: str = "auto",
+    cache_dir: str | Path | None = None, progress: bool = True,
 ):  # fmt: skip
-    """``(train, val)`` :class:`~rislib.data.RISDataset` s (``val`` is None when the split is absent)."""
+    """``(train, val)`` :class:`~rislib.data.RISDataset` s (``val`` is None when the split is absent).
+
+    ``preload``: ``"auto"`` decodes every image and mask once into memory
+    (:meth:`~rislib.data.RISDataset.preload`) when that takes at most 4 GiB, ``"on"`` always,
+    ``"off"`` never; ``cache_dir`` keeps the decoded arrays on disk for later runs.
+    """
     from ..data import RISDataset, open_source
 
+    if preload not in ("auto", "on", "off"):
+        raise ValueError(f"preload: expected 'auto', 'on' or 'off', got {preload!r}")
     source = open_source(root, dataset, split_by)
     train = RISDataset(source, train_split, mode="train", image_size=image_size, hflip=hflip, seed=seed)
     val = None
     if val_split and val_split in source.splits():
         val = RISDataset(source, val_split, mode="eval", image_size=image_size)
+    for ds in (train, val):
+        if ds is not None and (preload == "on" or (preload == "auto" and ds.preload_bytes() <= PRELOAD_AUTO_BYTES)):
+            ds.preload(cache_dir=cache_dir, progress=progress)
     return train, val
 
 
@@ -132,7 +146,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers per process (default 2)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers per process (default: 0 on the CPU, where the data is preloaded, else 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: the cores other processes leave free, see rislib.engine.threads)")
+    p.add_argument("--preload", default="auto", choices=["auto", "on", "off"],
+                   help="decode the data set into memory once (auto: when it takes at most 4 GiB)")
+    p.add_argument("--cache-dir", default=None,
+                   help="keep the decoded arrays here for later runs (default: <data>/cache)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--generate-counts", default=None, metavar="SPLIT=N,...",
                    help="RefShapes split sizes when generating (default: the spec's)")  # fmt: skip
@@ -143,10 +164,16 @@ def main(args: argparse.Namespace) -> int:
     from ..models import build_model
     from .distributed import barrier, cleanup_distributed, setup_distributed
     from .recipes import get_recipe
+    from .threads import set_cpu_threads
     from .trainer import NonFiniteLossError, Trainer
 
     ctx = setup_distributed(args.device)
     try:
+        if ctx.device.type == "cpu":
+            threads = set_cpu_threads(args.threads)
+            if ctx.is_main:
+                print(f"using {threads} CPU thread(s) per process", flush=True)
+        workers = args.workers if args.workers is not None else (0 if ctx.device.type == "cpu" else 2)
         recipe = get_recipe(args.model, args.recipe)
         model_overrides = {**recipe.model_overrides(), **parse_assignments(args.model_set, "--set")}
         train_overrides = parse_assignments(args.train_set, "--train")
@@ -160,6 +187,8 @@ def main(args: argparse.Namespace) -> int:
         train, val = build_datasets(
             args.data, args.dataset, image_size=model.config.image_size, hflip=recipe.hflip, seed=args.seed,
             split_by=args.split_by, train_split=args.train_split, val_split=args.val_split or None,
+            preload=args.preload, cache_dir=args.cache_dir or Path(args.data) / "cache",
+            progress=ctx.is_main and not args.no_progress,
         )  # fmt: skip
         explicit = {
             "steps": args.steps,
@@ -174,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
             precision=args.precision,
             compile=args.compile,
             device=args.device,
-            workers=args.workers,
+            workers=workers,
             seed=args.seed,
             progress=not args.no_progress,
             run_info={

@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -141,6 +142,12 @@ class TrainConfig:
             the CPU), ``"bf16"``, ``"fp16"`` (with a gradient scaler) or ``"fp32"``.
         compile: ``torch.compile`` the model for training.
         channels_last: NHWC memory format for convolutions.
+        size_schedule: progressive resizing, ``((fraction, side), ...)``: from that fraction
+            of the run on, training images are resized (bilinear, antialiased) to
+            ``side x side`` before the forward pass; masks stay at the data set's size (every
+            mask loss resizes the logits to the target). Empty: the data set's size all along.
+            E.g. ``((0.0, 64), (0.75, 128))`` trains the first three quarters at 64 px, where a
+            step costs about half, and finishes at the size the model is evaluated at.
         ema_decay: keep an EMA of the weights (validated and saved as ``final_ema.pt``).
     Data:
         workers: DataLoader worker processes (persistent; memory pinned on CUDA).
@@ -188,6 +195,7 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     channels_last: bool = False
+    size_schedule: tuple[tuple[float, int], ...] = ()
     ema_decay: float | None = None
     workers: int = 0
     seed: int = 0
@@ -242,6 +250,13 @@ class TrainConfig:
             raise bad("log_every", "a positive integer")
         if any(not 0 < m < 1 for m in self.milestones):
             raise bad("milestones", "fractions of the total steps, each in (0, 1)")
+        self.size_schedule = tuple((float(f), int(side)) for f, side in self.size_schedule)
+        fractions = [f for f, _ in self.size_schedule]
+        if fractions and (
+            fractions[0] != 0.0 or fractions != sorted(set(fractions)) or fractions[-1] >= 1
+            or any(side < 8 for _, side in self.size_schedule)
+        ):  # fmt: skip
+            raise bad("size_schedule", "((0.0, side), (f, side), ...): increasing fractions in [0, 1), sides >= 8")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         self.milestones = tuple(self.milestones)
 
@@ -271,10 +286,10 @@ def lr_factor(
 
       - ``constant``: 1;
       - ``poly``: ``m + (1 - m) (1 - p)^power``; with no warmup and ``m = 0`` this is
-        LAVT's per-iteration ``(1 - it / total)^0.9`` (papers.md 4.5, [src]);
+        LAVT's per-iteration ``(1 - it / total)^0.9`` (docs/methods/magnet.md#training-recipe, [src]);
       - ``cosine``: ``m + (1 - m) (1 + cos(pi p)) / 2``;
       - ``step``: ``gamma^k``, ``k`` = milestones (fractions of ``total_steps``) passed,
-        MCN's x0.1 steps at epochs 30/35/40 of 45 (papers.md 3.4, [src]).
+        MCN's x0.1 steps at epochs 30/35/40 of 45 (docs/methods/lts.md#the-mcn-family, [src]).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"lr_factor: schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -675,6 +690,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.samples_seen = 0
         self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0
         self.last_checkpoint: Path | None = None
         self._loss_keys: list[str] | None = None
         self._tb = None
@@ -700,11 +716,24 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     # ---- one optimiser step ------------------------------------------------------------
+    def train_size(self, step: int | None = None) -> int | None:
+        """The training image side at ``step`` (the current one) under ``size_schedule``; None without one."""
+        step = self.step if step is None else step
+        side = None
+        for fraction, s in self.config.size_schedule:
+            if step >= fraction * self.total_steps:
+                side = s
+        return side
+
     def _prepare(self, batch: Batch) -> Batch:
         """Tokenise raw text (once, outside any compiled graph) and move the batch to the device."""
         if not isinstance(batch.text, TextInput):
             batch = dataclasses.replace(batch, text=self.model.tokenizer(list(batch.text)))
         batch = batch.to(self.device, non_blocking=self.device.type == "cuda")
+        side = self.train_size()
+        if side is not None and tuple(batch.images.shape[-2:]) != (side, side):
+            images = F.interpolate(batch.images, size=(side, side), mode="bilinear", antialias=True)
+            batch = dataclasses.replace(batch, images=images)
         if self.config.channels_last:
             batch = dataclasses.replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
         return batch
@@ -900,6 +929,7 @@ class Trainer:
             "last_metrics": dict(self.last_metrics),
             "samples_seen": self.samples_seen,
             "train_seconds": self.train_seconds,
+            "train_cpu_seconds": self.train_cpu_seconds,
             "world_size": self.dist.world_size,
             "train_config": self.config.to_dict(),
         }
@@ -944,6 +974,7 @@ class Trainer:
             self.last_metrics = dict(state.get("last_metrics", {}))
             self.samples_seen = int(state.get("samples_seen", 0))
             self.train_seconds = float(state.get("train_seconds", 0.0))
+            self.train_cpu_seconds = float(state.get("train_cpu_seconds", 0.0))
             rng = state["rng"]
             if len(rng) != self.dist.world_size:
                 warnings.warn(
@@ -1071,13 +1102,14 @@ class Trainer:
                     micro.append(batch)
                     if len(micro) < cfg.grad_accum:
                         continue
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     over = cfg.max_minutes is not None and (t0 - self._started) > 60 * cfg.max_minutes
                     values = self.train_step(micro, _time_flag=float(over))
                     micro = []
                     self.batch_in_epoch += 1
                     self.samples_seen += cfg.batch_size
                     self.train_seconds += time.perf_counter() - t0
+                    self.train_cpu_seconds += time.process_time() - c0
                     lr = values.pop("lr")
                     for k, v in values.items():
                         window[k] = window.get(k, 0.0) + v
@@ -1149,6 +1181,9 @@ class Trainer:
             "status": status,
             "train_minutes": wall / 60.0,
             "samples_per_s": self.samples_seen / self.train_seconds if self.train_seconds > 0 else None,
+            # CPU time of this process in training steps (all its threads): unlike the wall
+            # time it does not grow when other processes share the cores
+            "train_cpu_minutes": self.train_cpu_seconds / 60.0,
             "steps": self.step,
             "total_steps": self.total_steps,
             "epochs": self.step / self.steps_per_epoch,

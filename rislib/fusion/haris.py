@@ -3,7 +3,7 @@
 Paper: Mengxi Zhang, Heqing Lian, Yiming Liu, Jie Chen, "HARIS: Human-Like Attention for
 Reference Image Segmentation", arXiv 2405.10707.
 
-What the paper states (``shared/reference/papers.md`` 5.2 and the figure captions, 5.2b):
+What the paper states (``docs/methods/haris.md#what-the-paper-states`` and ``#figure-captions``):
 
 * existing methods fuse image and text *bottom-up* with cross-attention, so the attention
   map of a word (Fig. 1: "black") also covers irrelevant regions; HARIS obtains a *feedback
@@ -16,10 +16,11 @@ What the paper states (``shared/reference/papers.md`` 5.2 and the figure caption
 * a *hierarchical* architecture fuses visual features F_v1, F_v2, F_v3 taken from different
   encoder layers, so both deep (semantic) and shallow (fine-grained) features are used (Fig. 2).
 
-No equation of the paper could be read (papers.md 5.3). The formulas below are this
-project's interpretation of those captions (papers.md 5.2b, 5.4, 7.5 [proposal]). Notation:
-visual tokens ``V [B, HW, C]`` with sine positions ``P``, words ``W [B, L, C]`` with padding
-mask ``m`` (True on real words), sentence ``F_s [B, C]``, ``d = C / heads``:
+No equation of the paper could be read (``docs/methods/haris.md#what-could-not-be-read``). The
+formulas below are this project's interpretation of those captions
+(``docs/methods/haris.md#this-projects-interpretation`` [proposal]). Notation: visual tokens
+``V [B, HW, C]`` with sine positions ``P``, words ``W [B, L, C]`` with padding mask ``m`` (True
+on real words), sentence ``F_s [B, C]``, ``d = C / heads``:
 
 * :class:`LanguageWeightedAttention` (pixels read the words; each pixel becomes a
   language-weighted mixture): ``A = softmax_L((X + P) W_q (W W_k)^T / sqrt(d) + log m [+ b])``,
@@ -31,7 +32,8 @@ mask ``m`` (True on real words), sentence ``F_s [B, C]``, ``d = C / heads``:
   by the projected sentence, then a 2-layer GELU MLP); round 2 ``M_2 = LWA(V + f)`` with the
   *same* LWA weights, so the second round attends from object-centred tokens.
   ``feedback_iterations = T`` repeats the loop (``M_{t+1} = LWA(V + MLP(M_t * W_s F_s))``).
-* :class:`FeedbackWeights` (``feedback_mode="bias"``, the variant of papers.md 5.4): from
+* :class:`FeedbackWeights` (``feedback_mode="bias"``, the variant of
+  ``docs/methods/haris.md#feedback-as-attention-bias``): from
   round 1's ``M_1`` and ``W_1 = VWA(W, V)``: pixel relevance
   ``s = sigmoid(Linear(M_1 * masked_mean(W_1)))`` ``[B, HW]``; word relevance
   ``w = softmax_L(W_1 . mean_HW(s * M_1) / sqrt(C) + log m)`` ``[B, L]``; round 2 re-runs
@@ -39,11 +41,11 @@ mask ``m`` (True on real words), sentence ``F_s [B, C]``, ``d = C / heads``:
   so pairs with a low relevance are (softly) discarded.
 * :class:`HumanLikeAttentionBlock`: output ``V' = LN(M + FFN(M))`` from the last LWA round,
   ``W' = LN(T + FFN(T))`` from the (last) VWA round.
-* :class:`SimpleFeaturePyramid`: the ViT taps become a pyramid at strides 4, 8, 16, 32
-  (ViTDet's simple pyramid, Li et al. 2022: transposed convolutions up, max-pooling down,
-  then 1x1 and 3x3 convolutions with LayerNorm). With taps F_v1, F_v2, F_v3 of a plain ViT:
-  strides 4 and 8 from F_v1 (shallow, fine-grained), 16 from F_v2, 32 from F_v3 (deep,
-  semantic) (papers.md 5.4 [proposal]). The stride-4 level, needed for the mask features,
+* :class:`SimpleFeaturePyramid`: the ViT taps become a pyramid at strides 4, 8, 16, 32 (ViTDet's
+  simple pyramid, Li et al. 2022: transposed convolutions up, max-pooling down, then 1x1 and 3x3
+  convolutions with LayerNorm). With taps F_v1, F_v2, F_v3 of a plain ViT: strides 4 and 8 from
+  F_v1 (shallow, fine-grained), 16 from F_v2, 32 from F_v3 (deep, semantic)
+  (docs/methods/haris.md#encoders [proposal]). The stride-4 level, needed for the mask features,
   gets no block of its own.
 * :class:`HierarchicalHumanLikeFusion`: one block per level, coarse to fine (strides 32,
   16, 8), each level's input plus the bilinearly upsampled fused output of the level above
@@ -179,7 +181,9 @@ class FeedbackSignal(nn.Module):
 
 
 class FeedbackWeights(nn.Module):
-    """Relevance of pixels and words from round 1 (papers.md 5.4's variant, ``feedback_mode="bias"``).
+    """Relevance of pixels and words from round 1 (``feedback_mode="bias"``).
+
+    The variant of ``docs/methods/haris.md#feedback-as-attention-bias``.
 
     ``s = sigmoid(Linear(M * masked_mean(W_1)))`` and
     ``w = softmax_L(W_1 . mean_HW(s * M) / sqrt(C) + log m)``.
@@ -228,7 +232,8 @@ class HumanLikeAttentionBlock(nn.Module):
         num_heads: heads of LWA and VWA.
         ffn_dim: hidden width of the output FFNs and of the feedback MLP.
         feedback_mode: ``"input"`` (feedback added to the visual tokens of the next round,
-            Fig. 3; default) or ``"bias"`` (log-relevance biases, papers.md 5.4).
+            Fig. 3; default) or ``"bias"`` (log-relevance biases,
+            docs/methods/haris.md#feedback-as-attention-bias).
         use_feedback: ``False`` runs one round (the ablation "without feedback").
         feedback_iterations: feedback rounds ``T`` after the first (1 in the captions).
         dropout: dropout in attention and FFNs.

@@ -1,15 +1,16 @@
 """LTS, "Locate then Segment" (Jing et al., CVPR 2021): cross-modal features and the locate step.
 
-What the paper states (verified at block-diagram level, ``shared/reference/papers.md`` 3.2):
+What the paper states (verified at block-diagram level, ``docs/methods/lts.md#what-the-paper-states``):
 visual features from a ConvNet and linguistic features from a bi-GRU are fused into
 *visual-textual cross-modal features*; a *cross-modal interaction* on them, "relevance
 filtering" and "a transformer", *locates* the referent and yields an *object position
 prior*; the prior is concatenated with the cross-modal features and a light-weight
 segmentation network (``rislib.decoders.lts``) produces the mask.
 
-What it leaves open here: the paper's body could not be read, so every equation, width and
-layer count below is **this project's interpretation** (papers.md 3.6 [proposal], with MCN's
-released configuration, 3.4, as the default where LTS is silent):
+What it leaves open here: the paper's body could not be read, so every equation, width and layer
+count below is **this project's interpretation**
+(``docs/methods/lts.md#this-projects-interpretation`` [proposal], with MCN's released
+configuration, ``#the-mcn-family``, as the default where LTS is silent):
 
 * :class:`ProductFusion`: ``M5 = LeakyReLU(BN(Conv1x1([V5; coords]) * tile(LeakyReLU(BN(W f)))))``
   at the coarsest stride (MCN's fusion, [src] MCN code; LTS's use of it is [recall]).
@@ -85,9 +86,9 @@ class ConvBNLeaky(nn.Sequential):
 class ProductFusion(nn.Module):
     """``M = LeakyReLU(BN(Conv1x1([V; coords]) * tile(LeakyReLU(BN(W f)))))`` (MCN-style fusion).
 
-    LTS fuses the coarsest visual map with the sentence feature into cross-modal features
-    (paper Sec. 3, Fig. 2; the product form is MCN's, papers.md 3.4, and this project's
-    interpretation for LTS).
+    LTS fuses the coarsest visual map with the sentence feature into cross-modal features (paper
+    Sec. 3, Fig. 2; the product form is MCN's, docs/methods/lts.md#the-mcn-family, and this
+    project's interpretation for LTS).
 
     Args:
         visual_dim: channels of ``V``.
@@ -122,7 +123,7 @@ class TopDownMerge(nn.Module):
     """``M_l = CBL3x3([Up(M_{l+1}); CBL1x1(V_l); coords])``: carry the fused map one level finer.
 
     This project's interpretation of how LTS combines the multi-level visual features into
-    its cross-modal features (papers.md 3.6 [proposal]; the paper states multi-level
+    its cross-modal features (docs/methods/lts.md#fusion [proposal]; the paper states multi-level
     features, not the merge).
 
     Args:
@@ -184,11 +185,11 @@ class CrossModalFeatures(nn.Module):
 class RelevanceFilter(nn.Module):
     """Relevance filtering: ``R = conv1x1(M; k) / sqrt(C)`` with the kernel ``k = W f`` from the sentence.
 
-    The expression becomes a dynamic 1x1 filter that scores every position of the
-    cross-modal map; the response is a one-channel relevance map (logits). The paper names
-    "relevance filtering" (papers.md 3.2); the formula is this project's interpretation
-    (papers.md 3.6 [proposal]). While a recorder is active, ``sigmoid(R)`` is recorded as
-    ``"<name>.relevance"``.
+    The expression becomes a dynamic 1x1 filter that scores every position of the cross-modal
+    map; the response is a one-channel relevance map (logits). The paper names "relevance
+    filtering" (docs/methods/lts.md#what-the-paper-states); the formula is this project's
+    interpretation (docs/methods/lts.md#locate [proposal]). While a recorder is active,
+    ``sigmoid(R)`` is recorded as ``"<name>.relevance"``.
 
     Args:
         visual_dim: channels ``C`` of the cross-modal map.
@@ -243,8 +244,9 @@ class LocatingTransformer(nn.Module):
 
     Tokens: ``Linear(M5)`` at every position plus 2-D sine positions, followed by ``Linear(W)``
     for every word; ``depth`` :class:`LocatingTransformerLayer`; a linear layer on the output
-    visual tokens gives the position-prior logits. The paper names "a transformer" (papers.md
-    3.2); the token layout, depth and widths are this project's interpretation (3.6 [proposal]).
+    visual tokens gives the position-prior logits. The paper names "a transformer"
+    (docs/methods/lts.md#what-the-paper-states); the token layout, depth and widths are this project's
+    interpretation (docs/methods/lts.md#locate [proposal]).
 
     Args:
         visual_dim: channels of the cross-modal map.
@@ -300,7 +302,7 @@ class CrossModalLocator(nn.Module):
     * ``"filter"``: ``P = R``;
     * ``"transformer"``: ``P = Transformer(M5, W)``.
 
-    The combination rule is this project's interpretation (papers.md 7.2). While a recorder
+    The combination rule is this project's interpretation (docs/methods/lts.md#locate). While a recorder
     is active, ``sigmoid(P)`` is recorded as ``"<name>.location"``.
 
     Args:

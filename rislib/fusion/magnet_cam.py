@@ -1,10 +1,11 @@
 """MagNet's Cross-modal Alignment Module (CAM): language-conditioned context at several scales.
 
-Chng et al., "Mask Grounding for Referring Image Segmentation", CVPR 2024. The paper names
-the module; its design is known from the official code (``lib/backbone.py::MMBasicLayer``,
-``lib/multimodal_swin.py::forward_pwam*``), transcribed in ``shared/reference/papers.md``
-section 4.2 [code]. For a stage with visual map ``X [B, C, H, W]``, words ``L`` and the
-pixel-level PWAM output ``F [B, HW, C]``, and pooling sizes ``p in {1, 2, 3, 6}``::
+Chng et al., "Mask Grounding for Referring Image Segmentation", CVPR 2024. The paper names the
+module; its design is known from the official code (``lib/backbone.py::MMBasicLayer``,
+``lib/multimodal_swin.py::forward_pwam*``), transcribed in
+``docs/methods/magnet.md#cross-modal-alignment-module`` [code]. For a stage with visual map
+``X [B, C, H, W]``, words ``L`` and the pixel-level PWAM output ``F [B, HW, C]``, and pooling
+sizes ``p in {1, 2, 3, 6}``::
 
     P_p = Conv_{C->C/4}(GELU(Conv_{4C->C}(LN_c(Conv_{C->4C}(AvgPool_p(X))))))   # [B, C/4, p, p]
     R_p = PWAM_{C/4}(P_p, L)                       # the pooled regions attend to the words

@@ -3,16 +3,17 @@
 Paper: Zhang et al., "Referring Image Segmentation via Mutual-Aware Attention Features",
 arXiv 2311.15727 (v4 "RISAM", cited here; v1 was titled "MARIS").
 
-What the paper states (verified from its abstracts and TL;DR, ``shared/reference/papers.md``
-2.2): a *feature enhancement module* helps transfer SAM's knowledge; *mutual-aware
-attention* is two parallel branches, *Vision-Guided Attention* (VGA) and *Language-Guided
-Attention* (LGA), that bidirectionally model the relation between visual and linguistic
-features, against multi-modal features dominated by visual context.
+What the paper states (verified from its abstracts and TL;DR,
+``docs/methods/maris.md#what-the-paper-states``): a *feature enhancement module* helps transfer
+SAM's knowledge; *mutual-aware attention* is two parallel branches, *Vision-Guided Attention*
+(VGA) and *Language-Guided Attention* (LGA), that bidirectionally model the relation between
+visual and linguistic features, against multi-modal features dominated by visual context.
 
-The equations, widths, number of blocks and the layers the enhancement reads could not be
-read; what follows is this project's interpretation (papers.md 2.4 items 2 and 4,
-[proposal]). Notation: pixels ``F_v [B, HW, C]``, words ``F_l [B, L, C]``, padding mask
-``m [B, L]`` (True on real words), ``d`` the per-head width (``C / heads``):
+The equations, widths, number of blocks and the layers the enhancement reads could not be read;
+what follows is this project's interpretation (``docs/methods/maris.md#feature-enhancement`` and
+``#mutual-aware-attention``, [proposal]). Notation: pixels ``F_v [B, HW, C]``, words
+``F_l [B, L, C]``, padding mask ``m [B, L]`` (True on real words), ``d`` the per-head width
+(``C / heads``):
 
 * :class:`FeatureEnhancement`: SAM's neck only sees the last block, so the outputs of the
   global-attention blocks are added to it, each through LayerNorm + 1x1 conv:
@@ -54,7 +55,7 @@ class FeatureEnhancement(nn.Module):
 
     RISAM v4 names a feature enhancement module over SAM's encoder [src: TL;DR]; reading the
     global-attention blocks' outputs and summing their projections is this project's
-    interpretation (papers.md 2.4 item 2).
+    interpretation (docs/methods/maris.md#feature-enhancement).
 
     Args:
         tap_channels: channels of each tapped map (``C_vit`` for SAM).
@@ -92,7 +93,7 @@ class VisionGuidedAttention(nn.Module):
 
     ``F_v'' = LN(F_v' + FFN(F_v'))``, ``F_v' = LN(F_v + MHA(q=F_v, k=v=F_l, mask=m))``.
     RISAM names VGA [src: abstract]; the equations are this project's interpretation
-    (papers.md 2.4 item 4).
+    (docs/methods/maris.md#mutual-aware-attention).
 
     Args:
         dim: pixel and word width ``C``.
@@ -118,7 +119,8 @@ class LanguageGuidedAttention(nn.Module):
 
     ``F_l'' = LN(F_l' + FFN(F_l'))``, ``F_l' = LN(F_l + MHA(q=F_l, k=v=F_v))``. Rows of
     padded words are computed but never read (they are masked downstream). RISAM names LGA
-    [src: abstract]; the equations are this project's interpretation (papers.md 2.4 item 4).
+    [src: abstract]; the equations are this project's interpretation
+    (docs/methods/maris.md#mutual-aware-attention).
 
     Args:
         dim: pixel and word width ``C``.
@@ -142,8 +144,9 @@ class LanguageGuidedAttention(nn.Module):
 class MutualAwareBlock(nn.Module):
     """VGA and LGA in parallel on the same inputs: ``(F_v, F_l) -> (F_v'', F_l'')``.
 
-    Ablations (papers.md 7.4): ``use_vga=False`` leaves the pixels unchanged (not updated by
-    words); ``use_lga=False`` leaves the words unchanged (not updated by pixels).
+    Ablations (docs/methods/maris.md#ablation-switches): ``use_vga=False`` leaves the pixels
+    unchanged (not updated by words); ``use_lga=False`` leaves the words unchanged (not updated
+    by pixels).
 
     Args:
         dim: common width ``C``.

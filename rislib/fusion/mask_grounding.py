@@ -1,14 +1,15 @@
 """MagNet's Mask Grounding: mask words of the expression and predict them from text, image and mask.
 
 Chng et al., "Mask Grounding for Referring Image Segmentation", CVPR 2024. What is verified
-(``shared/reference/papers.md`` 4.3): during *training only*, textual tokens are randomly
+(``docs/methods/magnet.md#mask-grounding``): during *training only*, textual tokens are randomly
 masked and the model predicts their identities from the surrounding text, the **visual**
 features and the **segmentation mask**; a masked-token predictor reads the concatenation of
 the masked language features, the image features and the mask-encoder features, and the loss
 is a cross-entropy on the masked positions. The official code imports ``BertEncoder`` and
 ``BertLMPredictionHead`` without using them (no training code is released).
 
-Everything else below is **this project's interpretation** (papers.md 7.3 [proposal]):
+Everything else below is **this project's interpretation**
+(``docs/methods/magnet.md#this-projects-interpretation`` [proposal]):
 
 * :func:`mask_tokens`: BERT's MLM scheme. In each expression, ``ratio`` (15%) of the
   eligible tokens (real tokens that are not special: never ``[CLS]``, ``[SEP]``, ``[PAD]``,

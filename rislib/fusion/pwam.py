@@ -7,9 +7,9 @@ with its own features and feeds the result back through a tanh "language gate". 
 context from the pixels, which updates the BERT stream between its chunks. The equations
 below are those of the official MagNet code (``lib/backbone.py::PWAM``,
 ``SpatialImageLanguageAttention``, ``bert/multimodal_bert.py``), transcribed in
-``shared/reference/papers.md`` section 4.2 [code]; ``tests/golden`` checks both sides against
-the released modules at shared random weights (docs/fidelity.md). A 1x1 ``Conv1d`` on tokens
-is written here as the equivalent ``nn.Linear``.
+``docs/methods/magnet.md#image-side-pwam`` and ``#language-side-fusion`` [code];
+``tests/golden`` checks both sides against the released modules at shared random weights
+(docs/fidelity.md). A 1x1 ``Conv1d`` on tokens is written here as the equivalent ``nn.Linear``.
 
 Image side, ``X [B, HW, C]`` visual tokens, ``L [B, N, D]`` words, ``m [B, N]`` word mask::
 
@@ -146,9 +146,9 @@ PWAM_NORMS = ("layer", "instance")
 class PixelWordAttention(nn.Module):
     """Pixels attend to words: ``G = N((softmax(N(X Wq) (L Wk)^T / sqrt(C_key)) L Wv) Wo)``.
 
-    LAVT/MagNet ``SpatialImageLanguageAttention`` (papers.md 4.2). The scale is
-    ``1 / sqrt(key_dim)`` of the *total* key width even with several heads, as the code
-    writes it (the golden tests run the released setting, one head).
+    LAVT/MagNet ``SpatialImageLanguageAttention`` (docs/methods/magnet.md#image-side-pwam). The
+    scale is ``1 / sqrt(key_dim)`` of the *total* key width even with several heads, as the
+    code writes it (the golden tests run the released setting, one head).
     ``N`` is LayerNorm over channels (MagNet, ``norm="layer"``) or InstanceNorm over the
     pixels (LAVT, ``norm="instance"``; see the module docstring).
 
@@ -284,9 +284,10 @@ class LanguageGate(nn.Module):
 class WordPixelAttention(nn.Module):
     """Words attend to pixels: ``Gw = IN_words((softmax(Qw Kv^T / sqrt(D)) Vv) Wo)``.
 
-    MagNet's language-side ``SpatialImageLanguageAttention`` (papers.md 4.2). Keys and values
-    depend on the pixels only, so :meth:`pixel_keys` can be computed once and shared by
-    several sentences (the clean and the masked one of Mask Grounding).
+    MagNet's language-side ``SpatialImageLanguageAttention``
+    (docs/methods/magnet.md#language-side-fusion). Keys and values depend on the pixels only, so
+    :meth:`pixel_keys` can be computed once and shared by several sentences (the clean and the
+    masked one of Mask Grounding).
 
     Args:
         text_dim: channels ``D`` of the words (= key and value width).

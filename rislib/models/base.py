@@ -52,7 +52,7 @@ class ModelConfig:
     Attributes:
         image_size: square input side the data pipeline resizes to.
         max_tokens: tokenizer length, special tokens included (20 for BERT-style encoders,
-            as LAVT/MagNet; papers.md 1.3).
+            as LAVT/MagNet; docs/data.md#tokenisation).
         vision: registered vision-encoder name; ``vision_kwargs`` go to its builder.
         text: registered text-encoder name; ``text_kwargs`` go to its builder.
         vision_checkpoint, text_checkpoint: paths of pre-trained weights (paper presets).

@@ -145,8 +145,9 @@ class _BaselineBase(RISModel):
 
 _TINY_VISION: dict[str, Any] = {"widths": (32, 64, 96, 128)}
 _TINY_TEXT: dict[str, Any] = {"dim": 64, "depth": 2, "num_heads": 4}
-# The paper-size backbones of the LTS comparison (DarkNet-53 + bi-GRU, papers.md 3.3-3.4), with
-# DarkNet's stride-4 stage tapped too for the decoder's finest skip.
+# The paper-size backbones of the LTS comparison (DarkNet-53 + bi-GRU,
+# docs/methods/lts.md#recalled-details), with DarkNet's stride-4 stage tapped too for the
+# decoder's finest skip.
 _PAPER_VISION: dict[str, Any] = {"out_strides": (4, 8, 16, 32)}
 _PAPER_TEXT: dict[str, Any] = {"dim": 1024, "embed_dim": 300}
 

@@ -1,20 +1,22 @@
 """HARIS: Human-Like Attention for Reference Image Segmentation.
 
 Paper: Mengxi Zhang, Heqing Lian, Yiming Liu, Jie Chen, arXiv 2405.10707 (v2 exists). No
-official code was found (``shared/reference/papers.md`` 5.1).
+official code was found (``docs/methods/haris.md#identity``).
 
 What the paper states (verified from its abstract, TL;DR and figure captions only,
-papers.md 5.2 / 5.2b): Human-Like Attention blocks with two branches, Language-Weighted
-Attention (LWA) and Vision-Weighted Attention (VWA), where LWA runs a second round whose
-input is the visual tokens together with a *feedback signal* (modulated by the sentence
-feature F_s, passed through an MLP); a *hierarchical* architecture over visual features
-F_v1, F_v2, F_v3 from different encoder layers; a *Transformer decoder* fed with the
-multi-modal features and *a learnable query token*; a *PEFT* framework that keeps the
+``docs/methods/haris.md#what-the-paper-states``, ``#figure-captions``): Human-Like Attention
+blocks with two branches, Language-Weighted Attention (LWA) and Vision-Weighted Attention (VWA),
+where LWA runs a second round whose input is the visual tokens together with a *feedback signal*
+(modulated by the sentence feature F_s, passed through an MLP); a *hierarchical* architecture
+over visual features F_v1, F_v2, F_v3 from different encoder layers; a *Transformer decoder* fed
+with the multi-modal features and *a learnable query token*; a *PEFT* framework that keeps the
 pre-trained encoders' zero-shot ability; training with *focal + dice* losses. Nothing else
-(equations, encoders, widths, layers, adapter design, loss weights, recipe, any number)
-could be read (papers.md 5.3); no published number is reproduced or quoted here.
+(equations, encoders, widths, layers, adapter design, loss weights, recipe, any number) could be
+read (``docs/methods/haris.md#what-could-not-be-read``); no published number is reproduced or
+quoted here.
 
-This project's interpretation (papers.md 5.4 and 7.5, [proposal]), one module per part:
+This project's interpretation (``docs/methods/haris.md#this-projects-interpretation``,
+[proposal]), one module per part:
 
 1. encoders :mod:`rislib.encoders.clip`: CLIP ViT-B/16 image tower (F_v1, F_v2, F_v3 =
    blocks 4, 8, 12) and CLIP text tower (``paper``), 480 px with the position table
@@ -33,15 +35,20 @@ This project's interpretation (papers.md 5.4 and 7.5, [proposal]), one module pe
    :class:`~rislib.decoders.mask2former.MaskedQueryDecoder` with **one** learnable query,
    6 layers; the query starts as the learnable token plus projections of F_s and of the mean
    of the words after the last VWA (so the vision-weighted words reach the mask);
-6. loss: ``20 * focal(alpha 0.25, gamma 2) + 1 * dice`` (SAM's 20:1 ratio; the pair is the
-   paper's, the weights are this project's choice) on the final prediction and on every
-   earlier decoder prediction (deep supervision, as Mask2Former).
+6. loss: ``1 * focal(alpha 0.25, gamma 2) + 1 * dice`` on the final prediction and on every
+   earlier decoder prediction (deep supervision, as Mask2Former). The pair is the paper's;
+   the weights are this project's choice. SAM's 20:1 ratio (``focal_weight=20``), which this
+   project used first, does not train from scratch: on RefShapes the tiny preset predicted no
+   foreground pixel at step 100 and was at val mIoU 3 after 300 steps (an all-background
+   mask is a deep minimum of a focal term twenty times the dice term), while at 1:1 it
+   segmented from the first hundred steps (mIoU 15 at step 100, 22 at 400;
+   ``benchmarks/results/cpu_regime/``).
 
 Ablation switches (config fields, ``build_model("haris", preset, use_feedback=False)``):
-``use_feedback=False`` (one LWA round), ``feedback_mode="bias"`` (papers.md 5.4's log-weight
-variant), ``feedback_iterations`` (rounds after the first), ``hierarchical=False`` (one block
-on the deepest tap, the pyramid built from that tap alone), ``peft="adapter" | "frozen" |
-"full"``, ``deep_supervision=False``.
+``use_feedback=False`` (one LWA round), ``feedback_mode="bias"`` (the log-weight variant of
+``docs/methods/haris.md#feedback-as-attention-bias``), ``feedback_iterations`` (rounds after the
+first), ``hierarchical=False`` (one block on the deepest tap, the pyramid built from that tap
+alone), ``peft="adapter" | "frozen" | "full"``, ``deep_supervision=False``.
 """
 
 from __future__ import annotations
@@ -76,14 +83,15 @@ PYRAMID_STRIDES = (4, 8, 16, 32)
 
 @dataclass
 class HARISConfig(ModelConfig):
-    """HARIS settings. Every value below is this project's choice (papers.md 5.4 / 7.5).
+    """HARIS settings, every value this project's choice (docs/methods/haris.md#choices-at-a-glance).
 
     Attributes:
         dim: width of the pyramid, the fusion, the words and the decoders.
         num_heads: heads of LWA, VWA and both decoders.
         ffn_dim: hidden width of the fusion FFNs and the feedback MLP.
         feedback_mode: ``"input"`` (the feedback re-enters LWA with the visual tokens, as
-            the figure captions describe; default) or ``"bias"`` (papers.md 5.4's variant).
+            the figure captions describe; default) or ``"bias"``
+            (docs/methods/haris.md#feedback-as-attention-bias).
         use_feedback: ``False`` runs one LWA round (ablation).
         feedback_iterations: feedback rounds after the first (1 in the captions).
         hierarchical: ``False`` uses only the deepest tap and one block (ablation).
@@ -119,7 +127,7 @@ class HARISConfig(ModelConfig):
     pixel_decoder_fpn_levels: int = 1
     decoder_layers: int = 6
     decoder_ffn_dim: int = 2048
-    focal_weight: float = 20.0
+    focal_weight: float = 1.0
     dice_weight: float = 1.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -184,10 +192,10 @@ PRESETS: dict[str, HARISConfig] = {
         decoder_ffn_dim=1024,
         backbone_lr_scale=1.0,
     ),
-    # The paper's setting as papers.md 5.4 reads it: CLIP ViT-B/16 image and text towers with
-    # adapters, 480 px. Text length 22 CLIP tokens: the paper's is unknown; CRIS uses 17 for
-    # RefCOCO/+ and 22 for G-Ref, and 17 cuts ~6% of G-Ref sentences against ~1.3% at 22
-    # (datasets.md section 6), so one preset for all three sets takes 22.
+    # The paper's setting as docs/methods/haris.md#encoders reads it: CLIP ViT-B/16 image and
+    # text towers with adapters, 480 px. Text length 22 CLIP tokens: the paper's is unknown;
+    # CRIS uses 17 for RefCOCO/+ and 22 for G-Ref, and 17 cuts ~6% of G-Ref sentences against
+    # ~1.3% at 22 (docs/data.md#tokenisation), so one preset for all three sets takes 22.
     "paper": HARISConfig(
         image_size=480,
         max_tokens=22,

@@ -2,8 +2,9 @@
 
 Paper: Zhao Yang, Jiaqi Wang, Yansong Tang, Kai Chen, Hengshuang Zhao, Philip H.S. Torr,
 "LAVT: Language-Aware Vision Transformer for Referring Image Segmentation", CVPR 2022,
-arXiv 2112.02244. Official code: github.com/yz93/LAVT-RIS (read at 1da0af9; papers.md 4.5
-and 6.1 hold the verified recipe and results). The architecture below is that code's
+arXiv 2112.02244. Official code: github.com/yz93/LAVT-RIS (read at 1da0af9;
+docs/methods/magnet.md#training-recipe holds the verified recipe, docs/baselines.md the
+published results; docs/fidelity.md the comparison with the code). The architecture below is that code's
 ``lavt`` model (``lib/segmentation.py``, ``lib/backbone.py``, ``lib/mask_predictor.py``,
 ``train.py``); ``tests/golden`` checks rislib's version against it at shared random weights.
 

@@ -2,7 +2,8 @@
 
 Jing, Kong, Wang, Wang, Li and Tan, CVPR 2021 (arXiv 2103.16284); no official code.
 
-The pipeline, as the paper states it (papers.md 3.2, verified at block-diagram level):
+The pipeline, as the paper states it (docs/methods/lts.md#what-the-paper-states, verified at
+block-diagram level):
 
 1. visual features from a ConvNet and linguistic features from a bi-GRU;
 2. fused into visual-textual cross-modal features
@@ -14,8 +15,9 @@ The pipeline, as the paper states it (papers.md 3.2, verified at block-diagram l
    DenseCRF post-processing.
 
 Everything the paper's body would fix (equations, widths, layer counts, loss weights) could
-not be read; this implementation follows papers.md 3.6 [proposal] with MCN's released
-configuration (3.4) as the default, which is **this project's interpretation**:
+not be read; this implementation follows docs/methods/lts.md#this-projects-interpretation
+[proposal] with MCN's released configuration (docs/methods/lts.md#the-mcn-family) as the
+default, which is **this project's interpretation**:
 
 * losses: ``L = seg_weight * L_seg + loc_weight * L_loc`` with
   ``L_seg = BCE(mask logits upsampled to the input, GT)`` and
@@ -32,7 +34,8 @@ The ``paper`` preset uses DarkNet-53 at 416 px and a bi-GRU with 1024-d summed d
 paper notes. Every preset's language encoder is a bi-GRU, as the paper states: from-scratch
 embeddings in ``tiny`` and ``paper`` (GloVe vectors are not shipped; load them into
 ``text_encoder.embed`` for a closer match), MiniLM's pre-trained WordPiece embeddings, frozen,
-in ``small`` (``minilm_bigru``, this project's choice). Published results: oIoU on RefCOCO/+/g, papers.md 3.5.
+in ``small`` (``minilm_bigru``, this project's choice). Published results: oIoU on RefCOCO/+/g,
+docs/methods/lts.md#published-results.
 
 Outputs: ``logits [B, 1, H/8, W/8]`` (``H/4`` in the tiny preset); ``aux["location"]`` prior
 logits ``[B, 1, H/32, W/32]`` and ``aux["relevance"]`` relevance-filter logits (when the filter is used). Recorded maps:
@@ -74,7 +77,7 @@ def localization_target(masks: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def localization_loss(prior_logits: Tensor, masks: Tensor) -> Tensor:
-    """``L_loc = BCE(P, localization_target(GT))`` at the prior's resolution (papers.md 3.6)."""
+    """``L_loc = BCE(P, localization_target(GT))`` at the prior's resolution (docs/methods/lts.md#locate)."""
     target = localization_target(masks, tuple(prior_logits.shape[-2:]))
     return binary_cross_entropy(prior_logits, target)
 
@@ -98,8 +101,8 @@ class LTSConfig(ModelConfig):
         head_convs: number of its 3x3 conv layers.
         seg_weight, loc_weight: loss weights (1 and 1).
         dice_weight: weight of an extra Dice term on the mask (0 in the paper preset: the
-            BCE-only loss of papers.md 3.6; 1 in the course presets, this project's choice for
-            RefShapes' small referents).
+            BCE-only loss of docs/methods/lts.md#segment-and-loss; 1 in the course presets, this
+            project's choice for RefShapes' small referents).
     """
 
     levels: tuple[int, ...] = (4, 8, 16, 32)
@@ -138,7 +141,7 @@ def _lts_presets() -> dict[str, LTSConfig]:
             dice_weight=1.0,
         ),
         # DarkNet-53 at 416 px, bi-GRU 1024 on 300-d embeddings, 15 words (+ [CLS]/[SEP]):
-        # papers.md 3.3 [recall] / 3.4 (MCN) / 3.6 [proposal].
+        # docs/methods/lts.md: #recalled-details [recall], #the-mcn-family, #encoders [proposal].
         "paper": LTSConfig(
             image_size=416, max_tokens=17, vision="darknet53", text="tiny_bigru",
             text_kwargs={"dim": 1024, "embed_dim": 300}, feature_dims=(256, 512, 1024), transformer_dim=256,

@@ -2,10 +2,10 @@
 
 Paper: Yong Xien Chng, Henry Zheng, Yizeng Han, Xuchong Qiu, Gao Huang, "Mask Grounding for
 Referring Image Segmentation", CVPR 2024, arXiv 2312.12198. Official (evaluation-only) code:
-github.com/yxchng/mask-grounding. ``shared/reference/papers.md`` section 4 holds what was
-verified and where; [code] below means read in the official code.
+github.com/yxchng/mask-grounding. ``docs/methods/magnet.md`` holds what was verified
+and where; [code] below means read in the official code.
 
-Architecture [code] (papers.md 4.2):
+Architecture [code] (docs/methods/magnet.md#architecture-from-the-official-code):
 
 * **Interleaved encoders.** A Swin transformer (timm's stages: ``patch_embed``, then
   ``layers[s]``, whose patch merging sits at the *start* of stages 2-4, so the fused stream of
@@ -34,7 +34,8 @@ Architecture [code] (papers.md 4.2):
   thresholds at 0.5. Its softmax, however, runs over ``dim=1``, the *query* axis, which has
   size 1, so it is identically 1 and the released rule is ``P = sigmoid(mask)``. Default here
   (``class_gate=True``): the evident intent, softmax over the two classes, index 1 =
-  "target" (papers.md 7.3); ``class_gate=False`` is the released rule exactly. The model
+  "target" (docs/methods/magnet.md#inference); ``class_gate=False`` is the released rule
+  exactly. The model
   returns the last mask logits as ``logits`` and the class gate as
   ``aux["no_target_logits"] = class[0] - class[1]``, which :meth:`RISModel.probabilities`
   applies after resizing, so ``predict`` computes ``sigmoid(resized mask) * softmax(class)[1]
@@ -49,7 +50,8 @@ Architecture [code] (papers.md 4.2):
 
 **Official mode** (``official=True``; docs/fidelity.md): the released forward pass of
 ``test.py`` at mask-grounding 2debc7e, proven by ``tests/golden`` at shared random weights.
-It sets ``official_windows`` (Swin pads, then rolls: :func:`rislib.encoders.timm_backbones.use_official_windows`),
+It sets ``official_windows`` (Swin pads, then rolls:
+:func:`rislib.encoders.timm_backbones.use_official_windows`),
 ``language_mask_quirk`` (BERT's additive mask as the released code uses it, words padded to
 ``max_tokens``, instance norm over all positions: :mod:`rislib.fusion.pwam`),
 ``pixel_decoder="deformable"`` with all four levels, ``position_embedding="mask2former"``,
@@ -59,16 +61,16 @@ deliberately differs: the class gate, segmentation from the clean expression, th
 pixel decoder (no sampling operator to follow in a course), the boolean word mask; and timm's
 window order and this project's sine layout, which leave the tiny presets unchanged.
 
-Training (the paper's loss code is not released; papers.md 7.3 [proposal], this project's
-interpretation):
+Training (the paper's loss code is not released; docs/methods/magnet.md#this-projects-interpretation
+[proposal], this project's interpretation):
 
 * ``L_seg``: on each of the 10 predictions, 2-class cross-entropy on the query's class logits
   (target 1 when the expression has a referent) + BCE + Dice on the mask logits (upsampled to
   the target size), weights 2 / 5 / 5, summed over predictions (Mask2Former's recipe).
 * ``L_MG`` (Mask Grounding, :mod:`rislib.fusion.mask_grounding`): cross-entropy over the
   vocabulary on masked positions only. ``mg_mode="separate"`` (default) segments with the
-  clean expression, as papers.md 7.3 proposes, and runs a second encoder pass, vision and
-  language both, with the masked one for the predictor: the visual stream fuses words at
+  clean expression, as the interpretation table proposes, and runs a second encoder pass,
+  vision and language both, with the masked one for the predictor: the visual stream fuses words at
   every stage, so visual features computed with the clean expression could carry the masked
   word and make its prediction trivial. The price is twice the encoder cost in training.
   ``"shared"`` runs one pass with the masked expression for both tasks (no extra cost;
@@ -135,10 +137,10 @@ def default_bert_cut(num_layers: int, num_stages: int = 4) -> tuple[int, ...]:
 class MagNetConfig(ModelConfig):
     """MagNet's configuration; presets ``tiny``, ``small``, ``paper``.
 
-    Training recipe for ``paper`` (papers.md 4.5): the official ``args.py`` defaults, identical
-    to LAVT's: AdamW, lr 5e-5, weight decay 0.01, batch 8 per GPU (LAVT: 4 GPUs, 32 in all),
-    40 epochs, 480 x 480, plain resize, polynomial decay ``(1 - it/total)^0.9`` per
-    iteration (LAVT), LAVT's parameter groups (``optimizer_groups="lavt"``, set by the
+    Training recipe for ``paper`` (docs/methods/magnet.md#training-recipe): the official
+    ``args.py`` defaults, identical to LAVT's: AdamW, lr 5e-5, weight decay 0.01, batch 8 per
+    GPU (LAVT: 4 GPUs, 32 in all), 40 epochs, 480 x 480, plain resize, polynomial decay
+    ``(1 - it/total)^0.9`` per iteration (LAVT), LAVT's parameter groups (``optimizer_groups="lavt"``, set by the
     recipe), fusion dropout 0, Swin window 12, drop-path 0.3; Swin initialised from
     ImageNet-22k ``swin_base_patch4_window12_384`` and BERT from ``bert-base-uncased``
     (``vision_checkpoint`` / ``text_checkpoint``). MagNet's own epochs, GPUs, loss weights and
@@ -237,7 +239,7 @@ OFFICIAL_MAGNET = {
 
 
 class MagNetStageFusion(nn.Module):
-    """Everything MagNet does after one Swin stage and one BERT chunk (papers.md 4.2 [code]).
+    """Everything MagNet does after one Swin stage and one BERT chunk (docs/methods/magnet.md#encoders [code]).
 
     Args:
         dim: channels ``C_s`` of the stage.

@@ -4,16 +4,18 @@ Paper: Mengxi Zhang, Yiming Liu, Xiangjun Yin, Huanjing Yue, Jingyu Yang, "Refer
 Segmentation via Mutual-Aware Attention Features", arXiv 2311.15727. This module follows v4,
 titled "RISAM" (v1 was titled "MARIS", hence the registered name ``"maris"``).
 
-What the paper states (verified from its abstracts and TL;DR only, ``shared/reference/
-papers.md`` 2.2): the image encoder is SAM, adapted with a parameter-efficient fine-tuning
-(PEFT) strategy and a feature enhancement module; fusion is *mutual-aware attention*, two
-parallel branches, Vision-Guided Attention (VGA) and Language-Guided Attention (LGA); the
-(Mutual-Aware) Mask Decoder has a *multi-modal query token* that integrates linguistic
-information and interacts with visual information. Nothing else could be read (papers.md
-2.3): no equation, width, depth, rank, loss, recipe or result of the paper is known here, and
-no published number is reproduced or quoted by this module.
+What the paper states (verified from its abstracts and TL;DR only,
+``docs/methods/maris.md#what-the-paper-states``): the image encoder is SAM, adapted with a
+parameter-efficient fine-tuning (PEFT) strategy and a feature enhancement module; fusion is
+*mutual-aware attention*, two parallel branches, Vision-Guided Attention (VGA) and
+Language-Guided Attention (LGA); the (Mutual-Aware) Mask Decoder has a *multi-modal query token*
+that integrates linguistic information and interacts with visual information. Nothing else could
+be read (``docs/methods/maris.md#what-could-not-be-read``): no equation, width, depth, rank,
+loss, recipe or result of the paper is known here, and no published number is reproduced or
+quoted by this module.
 
-This project's interpretation (papers.md 2.4 and 7.4, [proposal]), one module per part:
+This project's interpretation (``docs/methods/maris.md#this-projects-interpretation``,
+[proposal]), one module per part:
 
 1. image encoder ``rislib.encoders.sam`` (SAM ViT; ViT-H at 1024 px in the ``paper`` preset,
    the size the brief assumes; unverified), returning the global-attention blocks and the neck;
@@ -67,8 +69,8 @@ __all__ = ["MARISConfig", "MARIS", "PEFT_MODES", "PRESETS", "default_adapter_ran
 
 PEFT_MODES = ("adapter", "frozen", "full")
 
-# Adapter rank by ViT width: ViT-H 64 and ViT-B 32 are papers.md 2.4 item 6 [proposal]; ViT-L's 48
-# and width // 12 for other (course) sizes are this project's interpolation.
+# Adapter rank by ViT width: ViT-H 64 and ViT-B 32 are docs/methods/maris.md#adapters [proposal];
+# ViT-L's 48 and width // 12 for other (course) sizes are this project's interpolation.
 ADAPTER_RANKS = {1280: 64, 1024: 48, 768: 32}
 
 
@@ -79,7 +81,7 @@ def default_adapter_rank(width: int) -> int:
 
 @dataclass
 class MARISConfig(ModelConfig):
-    """MARIS/RISAM settings. Every value below is this project's choice (papers.md 2.4/7.4).
+    """MARIS/RISAM settings, every value this project's choice (docs/methods/maris.md#ablation-switches).
 
     Attributes:
         dim: common width ``C`` of pixels, words, fusion and decoder (SAM's 256); must equal
@@ -94,7 +96,8 @@ class MARISConfig(ModelConfig):
             ``"frozen"`` (frozen SAM encoder, no adapters) or ``"full"`` (train everything;
             what a from-scratch encoder needs).
         adapter_rank: adapter bottleneck width; None picks it from the ViT width
-            (:func:`default_adapter_rank`: 64 for ViT-H, 32 for ViT-B, papers.md 2.4 item 6).
+            (:func:`default_adapter_rank`: 64 for ViT-H, 32 for ViT-B,
+            docs/methods/maris.md#adapters).
         adapter_scale: adapter output scale (0.1, AdaptFormer's).
         freeze_text: keep the text encoder frozen (and in eval mode).
         load_sam_decoder: when ``vision_checkpoint`` is an official SAM checkpoint, also
@@ -179,7 +182,8 @@ PRESETS: dict[str, MARISConfig] = {
         freeze_text=True,
         backbone_lr_scale=1.0,
     ),
-    # The paper's setting as papers.md 2.4 reads it: SAM ViT-H at 1024 px, BERT-base, 20 tokens.
+    # The paper's setting as docs/methods/maris.md#image-encoder reads it: SAM ViT-H at 1024 px,
+    # BERT-base, 20 tokens.
     "paper": MARISConfig(
         image_size=1024,
         max_tokens=20,
@@ -298,7 +302,7 @@ class MARIS(RISModel):
     def backbone_modules(self) -> list[nn.Module]:
         """Encoders trained at ``backbone_lr_scale``. With ``peft="adapter"`` the vision encoder's
         only trainable parameters are its adapters, new modules that train at the full rate
-        (papers.md 2.4 item 8); frozen parameters are in no group at all."""
+        (docs/methods/maris.md#recipe); frozen parameters are in no group at all."""
         if self.config.peft == "adapter":
             return [self.text_encoder]
         return [self.vision_encoder, self.text_encoder]

@@ -1,11 +1,11 @@
 """RefShapes ablations: which component each paper credits, and whether its removal hurts here.
 
 Each seed paper attributes its gains to components that rislib exposes as config switches
-(:data:`ABLATION_ROWS`). The papers' own ablation tables could not be read (papers.md 2.3,
-3.5, 4.6, 5.3), so the *claim* is only the direction stated in the abstract or overview
-("the component helps"): the full model should beat the model without it. Whether that
-direction holds on RefShapes is decided per claim from per-sample results of the same test
-sentences:
+(:data:`ABLATION_ROWS`). The papers' own ablation tables could not be read (the "Published
+results" sections of ``docs/methods/``), so the *claim* is only the direction stated in the
+abstract or overview ("the component helps"): the full model should beat the model without it.
+Whether that direction holds on RefShapes is decided per claim from per-sample results of the
+same test sentences:
 
 * ``delta = full - ablated`` for mIoU and oIoU, pooled over the test splits (testA: attribute
   words, testB: spatial words, testC: unseen colour-shape pairs) and per split;
@@ -69,7 +69,7 @@ class AblationClaim:
         overrides: model-config overrides that remove the component.
         component: what is removed.
         claim: what the paper states (verified wording level: abstract / overview).
-        source: where the statement was read, with its papers.md tag.
+        source: where the statement was read, with its tag (``docs/README.md#how-facts-are-tagged``).
     """
 
     model: str

@@ -7,7 +7,7 @@ by its exact name: an rislib ``mIoU`` is never compared with a published ``oIoU`
 CRIS's ``mIoU*``. Ablation runs are not compared with the papers' full models. The scoring
 protocol (network vs original resolution) is recorded on both sides; when they differ the
 comparison is still made but flagged, since the two protocols give different numbers
-(datasets.md 4.3).
+(``docs/data.md#pitfalls``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The published numbers of the four seed papers and of the baselines they compare against.
 
-Every number here is copied from ``shared/reference/papers.md`` (sections 2.3, 3.5, 4.6, 5.3, 6
-and 7.1), which records where it was read. One :class:`PublishedResult` is one cell of a
-paper's table: a method (and variant), a data set, partition and split, the metric *as the
-source computes it*, the value, and the source with its verification tag:
+Every number here is copied from the reference notes in ``docs/`` (``docs/baselines.md`` and the
+"Published results" sections of ``docs/methods/``), which record where it was read. One
+:class:`PublishedResult` is one cell of a paper's table: a method (and variant), a data set,
+partition and split, the metric *as the source computes it*, the value, and the source with its
+verification tag:
 
 * ``[src]``: read at the source itself (a paper's README or code);
 * ``[2nd]``: copied from another paper's table that quotes the number (the source says which);
@@ -183,7 +184,7 @@ class PublishedResult:
         return dataclasses.asdict(self)
 
 
-# ---- sources (papers.md section 8 lists where each was read) -------------------------------
+# ---- sources (the "Sources" sections of docs/ list where each was read) ---------------------
 _LAVT = "LAVT README (github.com/yz93/LAVT-RIS)"
 _CRIS = "CRIS README (github.com/DerrickWang005/CRIS.pytorch)"
 _MAGNET = "MagNet README (github.com/yxchng/mask-grounding)"
@@ -191,11 +192,13 @@ _RELA = "ReLA README (github.com/henghuiding/ReLA)"
 _SURVEY = "survey 'Multimodal Referring Segmentation' (arXiv 2508.00265)"
 _SAFIRE = "SaFiRe (arXiv 2510.10160)"
 _MASKRIS = "MaskRIS (arXiv 2411.19067), via deep-diver/ai-paper-reviewer"
-_MARIS = "MARIS/RISAM paper (arXiv 2311.15727v4): results not retrieved (papers.md 2.3)"
-_HARIS = "HARIS paper (arXiv 2405.10707): results not retrieved (papers.md 5.3)"
+_MARIS = "MARIS/RISAM paper (arXiv 2311.15727v4): results not retrieved (docs/methods/maris.md#published-results)"
+_HARIS = "HARIS paper (arXiv 2405.10707): results not retrieved (docs/methods/haris.md#published-results)"
 
 _SWIN_BERT = "Swin-B + BERT-base"
-_SURVEY_CAPTION = "the survey's caption says mIoU, but its rows are the papers' headline oIoU (papers.md 3.5)"
+_SURVEY_CAPTION = (
+    "the survey's caption says mIoU, but its rows are the papers' headline oIoU (docs/methods/lts.md#published-results)"
+)
 _MAGNET_METRIC = "the README does not name the metric; SaFiRe Table 1 ('with oIoU') lists the same numbers"
 
 
@@ -247,7 +250,7 @@ def _build() -> tuple[PublishedResult, ...]:
     rows: list[PublishedResult] = []
     network = {"protocol": "network"}
 
-    # ---- LAVT (papers.md 6.1): README results table, every released model [src] ------------
+    # ---- LAVT (docs/baselines.md): README results table, every released model [src] ---------
     lavt = {"source": _LAVT, "table": "results table", "tag": "[src]", **network}
     rows += _row("LAVT", "", _SWIN_BERT, "oIoU",
                  (72.73, 75.82, 68.79, 62.14, 68.38, 55.10, 61.24, 62.09, 60.50), printed_as="Overall IoU",
@@ -271,7 +274,7 @@ def _build() -> tuple[PublishedResult, ...]:
     for k, metric in enumerate(PRECISION_METRICS):
         rows += _row("LAVT", "", _SWIN_BERT, metric, [p[k] for p in prec], printed_as=metric, **lavt)
 
-    # ---- CRIS (papers.md 1.2, 6.1) ----------------------------------------------------------
+    # ---- CRIS (docs/baselines.md, including #which-iou-each-number-is) -----------------------
     cris_note = (
         "the source prints 'IoU'; CRIS's code averages per-sentence IoUs (threshold 0.35, original size), "
         "i.e. mIoU; LAVT's and MagNet's tables list the R101 numbers in oIoU columns"
@@ -285,13 +288,13 @@ def _build() -> tuple[PublishedResult, ...]:
                  (67.35, 71.54, 62.16, 57.94, 64.05, 48.42, 56.56, 57.38, None),
                  source=_SAFIRE, table="Table 1", tag="[2nd]")  # fmt: skip
 
-    # ---- ReLA (papers.md 4.6, 6.1) ------------------------------------------------------------
+    # ---- ReLA (docs/baselines.md, docs/methods/magnet.md#published-results) ------------------
     rows += _row("ReLA", "", _SWIN_BERT, "oIoU",
                  (73.82, 76.48, 70.18, 66.04, 71.02, 57.65, 65.00, 65.97, 62.70),
                  source=_MAGNET, table="results table (ReLA row)", tag="[src]", protocol="network",
                  note="the survey agrees; SaFiRe prints 73.92 for RefCOCO val")  # fmt: skip
 
-    # ---- VLT, both versions (papers.md 6.1) ---------------------------------------------------
+    # ---- VLT, both versions (docs/baselines.md) -----------------------------------------------
     rows += _row("VLT", "ICCV'21", "DarkNet-53", "oIoU",
                  (65.65, 68.29, 62.73, 55.50, 59.20, 49.36, 52.99, 56.65, None),
                  source=_SURVEY, table="Table 2", tag="[2nd]",
@@ -300,7 +303,7 @@ def _build() -> tuple[PublishedResult, ...]:
                  (72.96, 75.96, 69.60, 63.53, 68.43, 56.92, 63.49, 66.22, None),
                  source=_SAFIRE, table="Table 1", tag="[2nd]")  # fmt: skip
 
-    # ---- CARIS, as reproduced by MaskRIS (dagger) (papers.md 6.1) -----------------------------
+    # ---- CARIS, as reproduced by MaskRIS (dagger) (docs/baselines.md) -------------------------
     caris_note = "MaskRIS's reproduction (dagger); CARIS's own paper numbers could not be read"
     rows += _row("CARIS", "reproduced by MaskRIS †", _SWIN_BERT, "oIoU",
                  (74.67, 77.63, 71.71, 66.17, 71.70, 57.46, 64.66, 65.45, None),
@@ -309,13 +312,13 @@ def _build() -> tuple[PublishedResult, ...]:
                  (76.63, 79.40, 73.52, 68.03, 73.70, 60.41, 67.95, 69.75, None),
                  source=_MASKRIS, table="Table 1", tag="[2nd]", training="combined", note=caris_note)  # fmt: skip
 
-    # ---- LTS (papers.md 3.5): survey Table 2, the paper's headline oIoU --------------------
+    # ---- LTS (docs/methods/lts.md#published-results): survey Table 2, headline oIoU ---------
     rows += _row("LTS", "", "DarkNet-53 [recall] + bi-GRU", "oIoU",
                  (65.43, 67.76, 63.08, 54.21, 58.32, 48.02, 54.40, 54.25, None),
                  source=_SURVEY, table="Table 2", tag="[2nd]",
                  note=_SURVEY_CAPTION)  # fmt: skip
 
-    # ---- MagNet (papers.md 4.6) ---------------------------------------------------------------
+    # ---- MagNet (docs/methods/magnet.md#published-results) ------------------------------------
     rows += _row("MagNet", "", _SWIN_BERT, "oIoU",
                  (75.24, 78.24, 71.05, 66.16, 71.32, 58.14, 65.36, 66.03, 63.13),
                  source=_MAGNET, table="results table", tag="[src]", protocol="network",
@@ -324,14 +327,14 @@ def _build() -> tuple[PublishedResult, ...]:
                  (76.55, 78.27, 72.15, 68.10, 73.64, 61.81, 67.79, 69.29, None),
                  source=_SURVEY, table="Table 2", tag="[2nd]", training="combined",
                  note="one model trained on RefCOCO/+/g at 448 px; SaFiRe Table 2 gives the same to 0.1")  # fmt: skip
-    # zero-shot on SaFiRe's ambiguous-expression benchmark (papers.md 4.6)
+    # zero-shot on SaFiRe's ambiguous-expression benchmark (docs/methods/magnet.md#published-results)
     arefcoco = [Column("arefcoco", "", "n/r")] * 5
     for metric, value in zip(("oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9"), (54.4, 60.7, 67.7, 61.4, 29.9)):
         rows += _row("MagNet", "zero-shot, evaluated by SaFiRe", _SWIN_BERT, metric, [value], columns=arefcoco[:1],
                      source=_SAFIRE, table="Table 3", tag="[2nd]", training="zero-shot",
-                     note="the split is as in SaFiRe's Table 3 (not named in papers.md)")  # fmt: skip
+                     note="the split is as in SaFiRe's Table 3 (not named in docs/methods/magnet.md)")  # fmt: skip
 
-    # ---- gRefCOCO, GRES protocol (papers.md 6.2) ----------------------------------------------
+    # ---- gRefCOCO, GRES protocol (docs/baselines.md#grefcoco) ---------------------------------
     g_cols = [Column("grefcoco", "unc", s) for s in GREFCOCO_SPLITS]
     grefcoco = {
         # method, variant, backbone: (val cIoU, val gIoU, testA cIoU, testA gIoU, testB cIoU, testB gIoU)
@@ -358,7 +361,7 @@ def _build() -> tuple[PublishedResult, ...]:
             rows += _row("ReLA", variant, variant, metric, [value], columns=g_cols[:1], source=_RELA,
                          table="Models table", tag="[src]", printed_as=metric, protocol="network")  # fmt: skip
 
-    # ---- the two seed papers whose tables could not be read (papers.md 2.3, 5.3, 7.1 item 4) --
+    # ---- the two seed papers whose tables could not be read (docs/data.md#what-rislib-does) ---
     rows += _not_retrieved("MARIS", "RISAM v4", "SAM (variant n/r) + text encoder n/r", _MARIS,
                            "abstract-level only; PhraseCut (generalisation) and gRefCOCO (multi-object) are "
                            "reported by v4 but their numbers, splits and metrics were not retrieved")  # fmt: skip
@@ -423,7 +426,7 @@ def select(
 
 
 def published(**criteria) -> list[PublishedResult]:
-    """Every published number (copies of papers.md), optionally filtered like :func:`select`.
+    """Every published number (copies of docs/), optionally filtered like :func:`select`.
 
     Examples::
 

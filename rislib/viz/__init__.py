@@ -7,6 +7,7 @@
 * :mod:`rislib.viz.plots` draws static figures (mask overlays, prediction vs ground truth,
   per-word heatmap grids).
 * :func:`explorer` is the ipywidgets app; :func:`static_explorer` its matplotlib twin.
+* :func:`figures_dir` is where notebooks save figures (a temporary folder under test).
 """
 
 from ..layers.recording import AttentionRecorder
@@ -25,6 +26,7 @@ from .attention import (
     word_heatmaps,
 )
 from .explorer import AttentionExplorer, explorer, load_any_model, static_explorer
+from .paths import FIGURES_ENV, figures_dir
 from .plots import (
     figure_to_png,
     image_array,
@@ -40,6 +42,7 @@ from .plots import (
 from .style import PALETTE, apply_style
 
 __all__ = [
+    "FIGURES_ENV",
     "KINDS",
     "PALETTE",
     "AttentionExplorer",
@@ -52,6 +55,7 @@ __all__ = [
     "explorer",
     "families",
     "figure_to_png",
+    "figures_dir",
     "format_catalogue",
     "heatmap",
     "image_array",

@@ -1,0 +1,89 @@
+"""Trained checkpoints that ship with the course: ``load_pretrained("xattn-tiny-refshapes")``.
+
+Each shipped model is one folder under ``benchmarks/checkpoints/`` of the repository, named
+``<method>-<preset>-<dataset>``::
+
+    model.pt        the weights (rislib.models.save_model format; read with weights_only=True)
+    summary.json    how it was trained: command, recipe, steps, minutes, machine, metrics
+    log.jsonl       the training log (loss terms, learning rate, validation)
+    curves.png      loss and validation curves
+    eval.json       metrics on val / testA / testB / testC (original protocol), and on a
+                    fixed subset that the tests re-score to check the file reproduces them
+
+Nothing is downloaded: the folder travels with the repository. Another folder can be given
+with ``root=`` or the ``RISLIB_CHECKPOINTS`` environment variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import RISModel
+from .registry import load_model
+
+__all__ = ["checkpoints_root", "available_pretrained", "pretrained_info", "load_pretrained"]
+
+WEIGHTS_FILE = "model.pt"
+
+
+def checkpoints_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding the shipped model folders.
+
+    ``root`` if given, else ``$RISLIB_CHECKPOINTS``, else ``benchmarks/checkpoints`` of the
+    repository this package is imported from (an editable install or a clone on the path).
+    """
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("RISLIB_CHECKPOINTS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "checkpoints"
+
+
+def available_pretrained(root: str | os.PathLike | None = None) -> list[str]:
+    """Names of the shipped models (folders holding a ``model.pt``), sorted."""
+    folder = checkpoints_root(root)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if (p / WEIGHTS_FILE).is_file())
+
+
+def _folder(name: str, root: str | os.PathLike | None) -> Path:
+    folder = checkpoints_root(root) / name
+    if not (folder / WEIGHTS_FILE).is_file():
+        names = available_pretrained(root)
+        where = checkpoints_root(root)
+        raise KeyError(
+            f"no shipped model {name!r} in {where} (expected {where / name / WEIGHTS_FILE}); "
+            f"available: {names or 'none (set RISLIB_CHECKPOINTS or pass root= to a folder of shipped models)'}"
+        )
+    return folder
+
+
+def pretrained_info(name: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``{"name", "folder", "summary", "eval"}`` of a shipped model (the JSON files it came with)."""
+    folder = _folder(name, root)
+    info: dict[str, Any] = {"name": name, "folder": str(folder)}
+    for key, file in (("summary", "summary.json"), ("eval", "eval.json")):
+        path = folder / file
+        info[key] = json.loads(path.read_text()) if path.is_file() else None
+    return info
+
+
+def load_pretrained(
+    name: str, root: str | os.PathLike | None = None, map_location: str | torch.device = "cpu"
+) -> RISModel:
+    """The shipped model ``name`` (see :func:`available_pretrained`), in eval mode.
+
+    Example::
+
+        model = load_pretrained("xattn-tiny-refshapes")
+        masks = model.predict(batch)
+    """
+    model = load_model(_folder(name, root) / WEIGHTS_FILE, map_location=map_location)
+    return model.eval()
