@@ -370,3 +370,20 @@ def test_minilm_builds_on_meta_with_the_package_tensor_count():
     with torch.device("meta"):
         enc = build_text_encoder("minilm", pretrained=False)
     assert enc.dim == 384 and sum(p.numel() for p in enc.parameters()) == expected
+
+
+def test_minilm_bigru_reads_minilms_word_vectors_through_a_bigru():
+    from safetensors.torch import load_file
+
+    enc = build_text_encoder("minilm_bigru", dim=32).eval()
+    table = load_file(str(minilm_folder() / "model.safetensors"))["embeddings.word_embeddings.weight"]
+    assert torch.equal(enc.embed.weight, table) and not enc.embed.weight.requires_grad  # frozen word vectors
+    assert isinstance(enc.gru, torch.nn.GRU) and enc.gru.bidirectional and enc.dim == 32
+    text = enc.tokenizer(["the small red circle left of the star", "a star"])
+    assert text.ids[0, 0] == 101  # BERT-base-uncased WordPiece ids ([CLS])
+    out = enc(text.ids, text.mask)
+    assert out.words.shape == (2, text.ids.shape[1], 32) and out.sentence.shape == (2, 32)
+    # the same ids through an independent bi-GRU with the encoder's weights give the same words
+    x = table[text.ids[1:, : int(text.mask[1].sum())]]
+    seq, _ = enc.gru(x)
+    torch.testing.assert_close(out.words[1, : x.shape[1]], seq[0, :, :32] + seq[0, :, 32:], atol=1e-5, rtol=1e-5)

@@ -232,6 +232,9 @@ def test_same_seed_same_output():
 
 def test_small_preset_forward_backward():
     model = build_model("lts", "small")
+    # the paper's language encoder is a bi-GRU: here over MiniLM's frozen word vectors
+    assert isinstance(model.text_encoder.gru, torch.nn.GRU) and model.text_encoder.gru.bidirectional
+    assert not model.text_encoder.embed.weight.requires_grad
     batch = _batch(2, 64)
     out = model(batch)
     assert out.logits.shape == (2, 1, 8, 8) and out.aux["location"].shape == (2, 1, 2, 2)

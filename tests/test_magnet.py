@@ -369,8 +369,14 @@ def test_ablations_and_options_build_and_run():
         build_model("magnet", "tiny", **small, bert_cut=(1, 2, 3))
     with pytest.raises(ValueError, match="mg_mode"):
         build_model("magnet", "tiny", **small, mg_mode="both")
-    with pytest.raises(ValueError, match="multiple of 32"):
-        m(_batch(size=48))
+    with pytest.raises(ValueError, match="pixel_decoder"):
+        build_model("magnet", "tiny", **small, pixel_decoder="sparse")
+    # any input size: padded to a multiple of 4 as the released patch embedding (48 and 50 px)
+    m.eval()
+    for size in (48, 50):
+        out = m(_batch(size=size))
+        assert out.logits.shape[-2:] == ((size + 3) // 4,) * 2
+        assert m.predict(_batch(size=size)).shape == (2, 1, size, size)
 
 
 def test_save_load_round_trip(tiny, tmp_path):

@@ -134,6 +134,7 @@ EXPECTED_KINDS = {
     "xattn": {"pixel_to_word", "pixel_to_pixel"},
     "lts": {"joint", "spatial"},
     "maris": {"pixel_to_word", "word_to_pixel", "query_to_pixel", "pixel_to_query"},
+    "lavt": {"pixel_to_word"},
     "magnet": {"pixel_to_word", "word_to_pixel", "query_to_pixel"},
     "haris": {"pixel_to_word", "word_to_pixel", "query_to_pixel", "spatial"},
 }

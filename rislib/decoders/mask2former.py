@@ -28,13 +28,21 @@ the same kind of decoder with a learnable query (``docs/methods/haris.md#decoder
     at ``dim = 256`` instead of deformable attention's 230 k). ``fpn_levels=1`` gives
     Mask2Former's standard arrangement instead (stride 4 merged FPN-style after a transformer
     over strides 8-32: ``N = 4,725`` at 480 px, 16x fewer attention pairs); MagNet's ``paper``
-    preset keeps all four levels in the transformer, its CPU-sized presets use 1.
+    preset keeps all four levels in the transformer, its CPU-sized presets use 1. The
+    released deformable decoder itself is :class:`rislib.decoders.deformable.DeformablePixelDecoder`
+    (MagNet's ``pixel_decoder="deformable"``, which its official mode selects).
 
 :class:`MaskedQueryDecoder`
-    Mask2Former's transformer decoder, as in the official code: learnable query features and
-    query positions, ``num_layers`` post-norm layers of masked cross-attention ->
-    self-attention -> FFN, visiting the levels round-robin (stride 32, 16, 8, 32, ...), each
-    level with a learned level embedding and sine positions. The cross-attention of layer
+    Mask2Former's transformer decoder: learnable query features and query positions,
+    ``num_layers`` post-norm layers of masked cross-attention -> self-attention -> FFN,
+    visiting the levels round-robin (stride 32, 16, 8, 32, ...), each level with a learned
+    level embedding and sine positions. With ``position_embedding="mask2former"`` it
+    reproduces MagNet's released decoder (``modeling/transformer_decoder/`` at
+    mask-grounding 2debc7e) to float rounding, checked by ``tests/golden`` at shared random
+    weights; the default ``"rislib"`` uses this project's sine layout
+    (:func:`rislib.layers.sine_position_embedding_2d`, another channel order and sampling
+    grid: with released weights the decoder output moved by about 121 on logits up to 142),
+    kept as the default so that the course's tiny models are unchanged. The cross-attention of layer
     ``i`` may only look at pixels where the prediction of the previous layer, resized to that
     level, has ``sigmoid >= 0.5``; a query whose row would be fully blocked is unblocked.
     Heads (shared by all layers, applied after a final LayerNorm): a class ``Linear(dim,
@@ -56,9 +64,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import MLP, MultiHeadAttention, flatten_hw, sine_position_embedding_2d, unflatten_hw
+from ..layers import (
+    MLP,
+    MultiHeadAttention,
+    flatten_hw,
+    mask2former_position_embedding,
+    sine_position_embedding_2d,
+    unflatten_hw,
+)
 
-__all__ = ["MultiScalePixelDecoder", "MaskedQueryDecoder", "masked_attention_bias"]
+__all__ = ["MultiScalePixelDecoder", "MaskedQueryDecoder", "masked_attention_bias", "POSITION_EMBEDDINGS"]
 
 
 def _xavier_(module: nn.Module) -> None:
@@ -70,9 +85,19 @@ def _xavier_(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _positions(x: Tensor) -> Tensor:
-    """Sine positions ``[1, H*W, C]`` of a ``[B, C, H, W]`` map (normalised to ``[0, 2pi]``)."""
-    return sine_position_embedding_2d(x.shape[-2], x.shape[-1], x.shape[1], x.device, x.dtype)[None]
+POSITION_EMBEDDINGS = ("rislib", "mask2former")
+
+
+def _check_position_embedding(owner: str, style: str) -> None:
+    if style not in POSITION_EMBEDDINGS:
+        raise ValueError(f"{owner}: position_embedding must be one of {POSITION_EMBEDDINGS}, got {style!r}")
+
+
+def _positions(x: Tensor, style: str = "rislib") -> Tensor:
+    """Sine positions ``[1, H*W, C]`` of a ``[B, C, H, W]`` map (normalised to ``[0, 2pi]``):
+    this project's layout (``"rislib"``) or Mask2Former's (``"mask2former"``)."""
+    fn = mask2former_position_embedding if style == "mask2former" else sine_position_embedding_2d
+    return fn(x.shape[-2], x.shape[-1], x.shape[1], x.device, x.dtype)[None]
 
 
 class _TokenSelfAttention(MultiHeadAttention):
@@ -130,6 +155,7 @@ class MultiScalePixelDecoder(nn.Module):
             plus the upsampled next-coarser output, then 3x3 conv + GroupNorm + ReLU). 0 (all
             levels in the transformer) is MagNet's configuration; 1 keeps the stride-4 level
             out of the quadratic attention (16x fewer attention pairs at 480 px).
+        position_embedding: ``"rislib"`` (default) or ``"mask2former"`` sine layout.
 
     Shapes:
         ``forward(features)`` with ``features[l] [B, in_channels[l], H/s_l, W/s_l]`` returns
@@ -149,8 +175,11 @@ class MultiScalePixelDecoder(nn.Module):
         num_groups: int = 32,
         dropout: float = 0.0,
         fpn_levels: int = 0,
+        position_embedding: str = "rislib",
     ) -> None:
         super().__init__()
+        _check_position_embedding("MultiScalePixelDecoder", position_embedding)
+        self.position_embedding = position_embedding
         in_channels = tuple(int(c) for c in in_channels)
         if len(in_channels) < 2:
             raise ValueError(f"MultiScalePixelDecoder: in_channels needs at least 2 levels, got {in_channels}")
@@ -202,7 +231,7 @@ class MultiScalePixelDecoder(nn.Module):
             y = proj(x)  # [B, C_l, h, w] -> [B, dim, h, w]
             sizes.append(y.shape[-2:])
             tokens.append(flatten_hw(y))  # [B, h*w, dim]
-            positions.append(_positions(y) + self.level_embed[i].to(y.dtype))
+            positions.append(_positions(y, self.position_embedding) + self.level_embed[i].to(y.dtype))
         x = torch.cat(tokens, 1)  # [B, N, dim], N = sum of h*w over the transformer levels
         pos = torch.cat(positions, 1)  # [1, N, dim]
         for layer in self.layers:
@@ -259,7 +288,8 @@ class MaskedQueryDecoder(nn.Module):
 
     MagNet's configuration: ``dim`` 256, **one** query, 9 layers (``DEC_LAYERS = 10`` in the
     official config counts the initial prediction), 8 heads, FFN 2048, dropout 0, post-norm,
-    3 levels, 2 class logits (index 1 = "target"). See the module docstring for the algorithm.
+    3 levels, 2 class logits (index 1 = "target"). See the module docstring for the algorithm
+    and for when it equals the released decoder (``position_embedding="mask2former"``).
 
     Args:
         dim: query and pixel width (the pixel decoder's ``dim``).
@@ -270,6 +300,7 @@ class MaskedQueryDecoder(nn.Module):
         num_levels: how many multi-scale maps are visited round-robin.
         num_classes: width of the class head (``None``: no class head).
         dropout: dropout in attention and FFN (0 in Mask2Former/MagNet).
+        position_embedding: ``"rislib"`` (default) or ``"mask2former"`` (the released layout).
 
     Shapes:
         ``forward(multi_scale, mask_features, query_init)`` with ``multi_scale``
@@ -290,8 +321,11 @@ class MaskedQueryDecoder(nn.Module):
         num_levels: int = 3,
         num_classes: int | None = 2,
         dropout: float = 0.0,
+        position_embedding: str = "rislib",
     ) -> None:
         super().__init__()
+        _check_position_embedding("MaskedQueryDecoder", position_embedding)
+        self.position_embedding = position_embedding
         if dim % 4:
             raise ValueError(f"MaskedQueryDecoder: dim must be divisible by 4 (sine positions), got {dim}")
         self.dim = dim
@@ -336,7 +370,7 @@ class MaskedQueryDecoder(nn.Module):
                 )
             sizes.append(tuple(x.shape[-2:]))
             memories.append(flatten_hw(x) + self.level_embed.weight[lvl].to(x.dtype))  # [B, h*w, dim]
-            positions.append(_positions(x))  # [1, h*w, dim]
+            positions.append(_positions(x, self.position_embedding))  # [1, h*w, dim]
         q = self.query_feat.weight[None].expand(b, -1, -1)  # [B, Q, dim]
         if query_init is not None:
             if query_init.shape != q.shape:

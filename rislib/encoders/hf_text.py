@@ -9,6 +9,10 @@ Registered builders:
   package (``sentence-transformers/all-MiniLM-L6-v2``), pretrained and fully offline; the
   ``small`` presets' language encoder.
 * ``bert_tiny``: a 2-layer, 64-d BERT over RefShapes' closed vocabulary for CPU tests.
+* ``minilm_bigru``: MiniLM's WordPiece tokenizer and its pre-trained (frozen) word-embedding
+  table feeding a bi-GRU (:class:`~rislib.encoders.tiny.TinyBiGRU`): the recurrent language
+  encoder of LTS (docs/methods/lts.md#what-the-paper-states: "linguistic features from a bi-GRU") with word vectors
+  that install offline, in the role MCN gives GloVe.
 
 Tokenisation follows LAVT/MagNet's ``data/dataset_refer_bert.py`` (``docs/data.md#tokenisation``
 [code]): lower-cased WordPiece, ``[CLS] ... [SEP]``, at most 20 ids *including* the specials,
@@ -283,6 +287,7 @@ def bert_base(
     pooling: str = "mean",
     keep_sep: bool = False,
     gradient_checkpointing: bool = False,
+    num_layers: int | None = None,
 ) -> BertTextEncoder:
     """BERT-base-uncased as in LAVT/MagNet: 768-d, 12 layers, 12 heads, 20 tokens.
 
@@ -294,6 +299,8 @@ def bert_base(
             uncased vocabulary shipped with the MiniLM package (:func:`bert_uncased_vocab`).
         max_length, keep_sep: see :class:`WordPieceTokenizer`.
         pooling: ``"mean"`` or ``"cls"`` sentence feature.
+        num_layers: keep only this many encoder layers (``None``: all 12). A shallow BERT of
+            full width, e.g. for tests against code that hard-wires 768-d words.
 
     Without ``pretrained``/``checkpoint`` the weights are randomly initialised (the
     architecture is what the ``paper`` presets test; real weights come from a user path).
@@ -302,6 +309,12 @@ def bert_base(
         raise ValueError("bert_base: give either pretrained=<folder> or checkpoint=<file>, not both")
     folder = Path(pretrained) if pretrained is not None else None
     config = _folder_config(folder) if folder is not None else _bert_config()
+    if num_layers is not None:
+        if not 1 <= num_layers <= config.num_hidden_layers:
+            raise ValueError(f"bert_base: num_layers must be in [1, {config.num_hidden_layers}], got {num_layers}")
+        if folder is not None or checkpoint is not None:
+            raise ValueError("bert_base: num_layers cannot be combined with pretrained weights")
+        config.num_hidden_layers = num_layers
     if vocab_file is None:
         vocab_file = folder / "vocab.txt" if folder is not None and (folder / "vocab.txt").is_file() else None
     if vocab_file is None:
@@ -370,3 +383,40 @@ def bert_tiny(
         pad_token_id=tok.pad_id,
     )
     return BertTextEncoder(config=config, tokenizer=tok, pooling=pooling)
+
+
+@register_text_encoder("minilm_bigru")
+def minilm_bigru(
+    *,
+    dim: int = 512,
+    max_length: int = 20,
+    pretrained: bool = True,
+    freeze_embeddings: bool = True,
+) -> TextEncoder:
+    """A bi-GRU (``dim`` per direction, directions summed, self-attentive pooling) over MiniLM's
+    384-d WordPiece embeddings.
+
+    LTS's paper states a bi-GRU language encoder (docs/methods/lts.md#what-the-paper-states
+    [src]); the word vectors it reads are recalled to be GloVe-style and fixed
+    (docs/methods/lts.md#recalled-details [recall], as MCN's GloVe [src]).
+    Here the embedding table of the offline MiniLM package plays that role (frozen by
+    default); ``pretrained=False`` starts it at random (meta-device counts, from-scratch
+    training). This project's choice for the ``small`` presets: a real recurrent encoder,
+    as the paper describes, with pre-trained word vectors and no download.
+    """
+    from .tiny import TinyBiGRU
+
+    folder = minilm_folder()
+    tok = WordPieceTokenizer(vocab_file=folder / "vocab.txt", max_length=max_length)
+    config = _folder_config(folder)
+    table = None
+    if pretrained:
+        weights = read_hf_weights(folder)
+        key = next((k for k in weights if k.endswith("embeddings.word_embeddings.weight")), None)
+        if key is None:
+            raise KeyError(f"{folder}: no embeddings.word_embeddings.weight in the MiniLM weights")
+        table = weights[key].float()
+    return TinyBiGRU(
+        dim=dim, embed_dim=int(config.hidden_size), tokenizer=tok, embeddings=table,
+        freeze_embeddings=freeze_embeddings,
+    )

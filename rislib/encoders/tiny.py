@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..layers.blocks import ConvNormAct, masked_mean
 from ..types import TextFeatures
-from .base import IMAGENET_MEAN, IMAGENET_STD, REFSHAPES_VOCAB, TextEncoder, VisionEncoder, WordTokenizer
+from .base import IMAGENET_MEAN, IMAGENET_STD, REFSHAPES_VOCAB, TextEncoder, Tokenizer, VisionEncoder, WordTokenizer
 from .registry import register_text_encoder, register_vision_encoder
 
 __all__ = ["TinyCNN", "TinyTextTransformer", "TinyBiGRU"]
@@ -113,6 +113,10 @@ class TinyBiGRU(TextEncoder):
     Args:
         dim: GRU hidden size per direction (= word and sentence feature width).
         embed_dim: word-embedding width.
+        vocab, max_length: the :class:`WordTokenizer` built when no ``tokenizer`` is given.
+        tokenizer: another tokenizer (e.g. a WordPiece one, for pre-trained embeddings).
+        embeddings: ``[vocab_size, embed_dim]`` initial embedding table (pre-trained word
+            vectors, as MCN's GloVe); ``freeze_embeddings`` keeps it fixed.
     """
 
     def __init__(
@@ -121,11 +125,24 @@ class TinyBiGRU(TextEncoder):
         embed_dim: int = 64,
         vocab: Sequence[str] = REFSHAPES_VOCAB,
         max_length: int = 20,
+        *,
+        tokenizer: Tokenizer | None = None,
+        embeddings: Tensor | None = None,
+        freeze_embeddings: bool = False,
     ) -> None:
         super().__init__()
-        self.tokenizer = WordTokenizer(vocab, max_length=max_length)
+        self.tokenizer = tokenizer if tokenizer is not None else WordTokenizer(vocab, max_length=max_length)
         self.dim = dim
         self.embed = nn.Embedding(self.tokenizer.vocab_size, embed_dim, padding_idx=self.tokenizer.pad_id)
+        if embeddings is not None:
+            if tuple(embeddings.shape) != (self.tokenizer.vocab_size, embed_dim):
+                raise ValueError(
+                    f"TinyBiGRU: embeddings must be [{self.tokenizer.vocab_size}, {embed_dim}], "
+                    f"got {tuple(embeddings.shape)}"
+                )
+            with torch.no_grad():
+                self.embed.weight.copy_(embeddings)
+        self.embed.weight.requires_grad_(not freeze_embeddings)
         self.gru = nn.GRU(embed_dim, dim, batch_first=True, bidirectional=True)
         self.attn_proj = nn.Linear(dim, dim)
         self.attn_score = nn.Linear(dim, 1, bias=False)

@@ -7,9 +7,10 @@ exist for every method:
 * ``paper``: what the method's paper (or its closest verified ancestor) trained with, at the
   paper's resolution and batch size. Every value carries its provenance in a comment, with
   the tags of ``docs/README.md#how-facts-are-tagged``: [src]/[code] read in the paper's code or a
-  README, [recall]/[proposal] not verified (this project's interpretation). Only MagNet's
-  recipe is verified (it is LAVT's, read in the released code); LTS's follows its MCN
-  ancestor; MARIS's and HARIS's papers could not be read, so their recipes are proposals.
+  README, [recall]/[proposal] not verified (this project's interpretation). Only LAVT's and
+  MagNet's recipes are verified (MagNet's is LAVT's, read in the released code, parameter
+  groups included); LTS's follows its MCN ancestor; MARIS's and HARIS's papers could not be
+  read, so their recipes are proposals.
 * ``refshapes``: one recipe for every method on the synthetic RefShapes benchmark (256 px),
   sized for one GPU in about ten minutes, so that the methods are compared on equal terms.
 * ``cpu``: the same idea shrunk to a few minutes on two CPU cores (128 px, the ``tiny``
@@ -47,6 +48,8 @@ class Recipe:
         image_size: square training resolution.
         grad_clip: gradient-norm clipping (``None``: none).
         hflip: random horizontal flips (the data set swaps "left"/"right" words with them).
+        model_settings: model-config fields the recipe also sets (e.g. LAVT's optimiser
+            groups, ``{"optimizer_groups": "lavt"}``).
         source: where the values come from, and which are this project's choice.
     """
 
@@ -67,6 +70,7 @@ class Recipe:
     image_size: int = 480
     grad_clip: float | None = None
     hflip: bool = False
+    model_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -74,10 +78,11 @@ class Recipe:
             raise ValueError(f"Recipe {self.method}/{self.name}: set exactly one of epochs / steps")
 
     def model_overrides(self) -> dict[str, Any]:
-        """Model-config fields the recipe sets (``image_size``, ``backbone_lr_scale``)."""
+        """Model-config fields the recipe sets (``image_size``, ``backbone_lr_scale``, ``model_settings``)."""
         out: dict[str, Any] = {"image_size": self.image_size}
         if self.backbone_lr_scale is not None:
             out["backbone_lr_scale"] = self.backbone_lr_scale
+        out.update(self.model_settings)
         return out
 
     def train_config(self, **overrides: Any) -> TrainConfig:
@@ -136,6 +141,26 @@ _PAPER: dict[str, Recipe] = {
         source="MCN family (docs/methods/lts.md#the-mcn-family [src]); LTS's own recipe not read: "
         "this project's interpretation",
     ),
+    "lavt": Recipe(
+        name="paper",
+        method="lavt",
+        epochs=40,  # [code] args.py --epochs 40
+        batch_size=32,  # 4 GPUs x 8 [src LAVT README; args.py --batch-size 8]
+        optimizer="adamw",  # [code] train.py (amsgrad off)
+        lr=5e-5,  # [code] args.py --lr
+        backbone_lr_scale=1.0,  # one lr for every group [code] train.py
+        weight_decay=0.01,  # [code] args.py --wd
+        schedule="poly",
+        poly_power=0.9,  # LambdaLR (1 - it/total)^0.9 per iteration [code] train.py
+        warmup_steps=0,
+        image_size=480,  # [code] args.py --img_size
+        grad_clip=None,  # no clipping in train.py [code]
+        hflip=False,  # plain resize, no augmentation [code] train.py get_transform
+        # train.py's groups: Swin norms / position bias not decayed, decoder decayed, BERT
+        # layers 0-9 only (embeddings and layers 10-11 not optimised) [code]
+        model_settings={"optimizer_groups": "lavt"},
+        source="LAVT-RIS train.py / args.py at 1da0af9 (docs/methods/magnet.md#training-recipe [src]/[code])",
+    ),
     "magnet": Recipe(
         name="paper",
         method="magnet",
@@ -144,15 +169,19 @@ _PAPER: dict[str, Recipe] = {
         optimizer="adamw",  # [code]/[src]
         lr=5e-5,  # [code] args.py
         backbone_lr_scale=1.0,  # one lr for every group [src LAVT train.py]
-        weight_decay=0.01,  # [code]; norms and biases not decayed (RISModel.param_groups)
+        weight_decay=0.01,  # [code] args.py
         schedule="poly",
         poly_power=0.9,  # (1 - it/total)^0.9 per iteration [src LAVT train.py]
         warmup_steps=0,
         image_size=480,  # [code] test.py / args.py
         grad_clip=None,  # no clipping in LAVT's train.py [src]
         hflip=False,  # LAVT: no augmentation [src]
-        source="LAVT/MagNet code defaults (docs/methods/magnet.md#training-recipe [code]/[src]); "
-        "MagNet's own epochs/GPUs n/r",
+        # LAVT's train.py groups by released name; MagNet's training code is not released, so the
+        # language-side fusions, lang_proj and the Mask Grounding head (not in LAVT) are decayed:
+        # this project's interpretation
+        model_settings={"optimizer_groups": "lavt"},
+        source="LAVT/MagNet code defaults and LAVT's parameter groups "
+        "(docs/methods/magnet.md#training-recipe [code]/[src]); MagNet's own epochs/GPUs n/r",
     ),
     "maris": Recipe(
         name="paper",
@@ -192,7 +221,9 @@ for _m in ("concat", "xattn"):
     _PAPER[_m] = dataclasses.replace(
         _PAPER["magnet"],
         method=_m,
-        source="course baseline: LAVT's recipe (docs/methods/magnet.md#training-recipe), this project's choice",
+        model_settings={},  # the baselines keep rislib's parameter groups
+        source="course baseline: LAVT's recipe (docs/methods/magnet.md#training-recipe) with rislib's parameter "
+        "groups, this project's choice",
     )
 
 

@@ -15,7 +15,9 @@ sizes ``p in {1, 2, 3, 6}``::
 ``out`` is what the decoder receives from the stage; the backbone itself continues with the
 gated stream (see :mod:`rislib.fusion.pwam`). The 1x1 convolutions are bias-free and the
 channel LayerNorm uses ``eps = 1e-6``, as in the code. Most of MagNet's parameters sit here
-(54.6 M of 297 M at Swin-B, mainly the ``C -> 4C -> C`` convs of stage 4).
+(54.6 M of 297 M at Swin-B, mainly the ``C -> 4C -> C`` convs of stage 4). ``tests/golden``
+checks this module against the released one (mask-grounding 2debc7e) at shared random
+weights (docs/fidelity.md).
 """
 
 from __future__ import annotations

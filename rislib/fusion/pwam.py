@@ -7,8 +7,9 @@ with its own features and feeds the result back through a tanh "language gate". 
 context from the pixels, which updates the BERT stream between its chunks. The equations
 below are those of the official MagNet code (``lib/backbone.py::PWAM``,
 ``SpatialImageLanguageAttention``, ``bert/multimodal_bert.py``), transcribed in
-``docs/methods/magnet.md#image-side-pwam`` and ``#language-side-fusion`` [code]. A 1x1
-``Conv1d`` on tokens is written here as the equivalent ``nn.Linear``.
+``docs/methods/magnet.md#image-side-pwam`` and ``#language-side-fusion`` [code];
+``tests/golden`` checks both sides against the released modules at shared random weights
+(docs/fidelity.md). A 1x1 ``Conv1d`` on tokens is written here as the equivalent ``nn.Linear``.
 
 Image side, ``X [B, HW, C]`` visual tokens, ``L [B, N, D]`` words, ``m [B, N]`` word mask::
 
@@ -26,6 +27,14 @@ Language side (words query pixels)::
     Rw = GELU(Wmm (GELU(Wvis L) * Gw))                             # LanguagePWAM
     L_next = L + tanh(W2 ReLU(W1 Rw)) * Rw                         # LanguageGate(act="relu")
 
+**LAVT's own PWAM** (``norm="instance"``; LAVT ``lib/backbone.py`` at LAVT-RIS 1da0af9)
+differs from MagNet's in two places: the query and the output projection are normalised by
+``InstanceNorm1d`` over the pixels (per sample and channel) instead of ``LayerNorm`` over the
+channels, and the image-side gate uses ReLU instead of GELU (``LanguageGate(act="relu")``)::
+
+    Q = IN_pixels(X Wq)          G = IN_pixels((A V) Wo)           (LAVT)
+    Q = LN(X Wq)                 G = LN((A V) Wo)                  (MagNet)
+
 Where this implementation differs from the released code, and why (this project's
 interpretation, each documented where it happens):
 
@@ -35,10 +44,13 @@ interpretation, each documented where it happens):
   (the word receives the mean visual value), and padded queries are scaled by -1e4. The
   evident intent, a boolean padding mask, is the default; ``mask_quirk=True`` reproduces the
   released computation (for loading released weights).
-* **Instance norm over words.** The released ``IN`` on ``Gw`` normalises over all 20 padded
-  positions (sentences are always padded to 20 tokens there). Here padding is per batch, so
-  the statistics are taken over the real words only; otherwise a sentence's features would
-  depend on the other sentences of its batch.
+* **Instance norm over words.** The released ``IN`` on ``Gw`` normalises over all padded
+  positions (sentences are always padded to 20 tokens there). By default padding is per
+  batch here, so the statistics are taken over the real words only; otherwise a sentence's
+  features would depend on the other sentences of its batch. With ``mask_quirk=True`` the
+  statistics cover every position, padding included, as in the release (the caller pads to
+  20 tokens, as MagNet's official mode does), so the released computation is reproduced
+  exactly (``tests/golden``).
 * **Gate initialisation.** The code zero-initialises both gate matrices ("initialize the gate
   to 0"), but with ``W1 = W2 = 0`` no gradient reaches either matrix (a fixed point), and the
   official LAVT/MagNet construction overwrites the image-side zeros with a truncated normal
@@ -60,6 +72,7 @@ from ..layers import attention_bias_from_mask, is_recording, record
 
 __all__ = [
     "masked_instance_norm",
+    "TokenInstanceNorm",
     "PixelWordAttention",
     "PixelWordAttentionModule",
     "LanguageGate",
@@ -99,6 +112,12 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float, 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
 
+def _conv1x1(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear(x)`` for ``x [B, L, C]``, computed as the equivalent 1x1 ``Conv1d`` over ``L``."""
+    out = F.conv1d(x.transpose(1, 2), linear.weight[:, :, None], linear.bias)  # [B, C_out, L]
+    return out.transpose(1, 2)
+
+
 def _heads(x: Tensor, h: int) -> Tensor:
     b, n, c = x.shape
     return x.view(b, n, h, c // h).transpose(1, 2)  # [B, L, C] -> [B, h, L, C/h]
@@ -108,11 +127,30 @@ def _merge(x: Tensor) -> Tensor:
     return x.transpose(1, 2).flatten(2)  # [B, h, L, d] -> [B, L, h*d]
 
 
-class PixelWordAttention(nn.Module):
-    """Pixels attend to words: ``G = LN((softmax(LN(X Wq) (L Wk)^T / sqrt(C_key)) L Wv) Wo)``.
+class TokenInstanceNorm(nn.Module):
+    """``InstanceNorm1d`` (no affine, eps 1e-5) over the token axis of ``x [B, L, C]``: each
+    channel of each sample is normalised over its ``L`` positions (LAVT's pixel-axis norm).
 
-    LAVT/MagNet ``SpatialImageLanguageAttention`` (docs/methods/magnet.md#image-side-pwam). The scale is
-    ``1 / sqrt(key_dim)`` of the *total* key width even with several heads, as in the code.
+    Computed by PyTorch's own instance-norm kernel, as LAVT's ``nn.InstanceNorm1d``: the
+    normalised map can have a tiny variance over the pixels (a context that barely varies
+    across the image), where any other summation order moves the result visibly."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.instance_norm(x.float().transpose(1, 2), eps=1e-5)  # [B, C, L], statistics over L
+        return y.transpose(1, 2).to(x.dtype)
+
+
+PWAM_NORMS = ("layer", "instance")
+
+
+class PixelWordAttention(nn.Module):
+    """Pixels attend to words: ``G = N((softmax(N(X Wq) (L Wk)^T / sqrt(C_key)) L Wv) Wo)``.
+
+    LAVT/MagNet ``SpatialImageLanguageAttention`` (docs/methods/magnet.md#image-side-pwam). The
+    scale is ``1 / sqrt(key_dim)`` of the *total* key width even with several heads, as the
+    code writes it (the golden tests run the released setting, one head).
+    ``N`` is LayerNorm over channels (MagNet, ``norm="layer"``) or InstanceNorm over the
+    pixels (LAVT, ``norm="instance"``; see the module docstring).
 
     Args:
         visual_dim: channels ``C`` of the visual tokens.
@@ -120,6 +158,7 @@ class PixelWordAttention(nn.Module):
         key_dim: width of queries and keys (``C`` by default).
         value_dim: width of values and of the output (``C`` by default).
         num_heads: attention heads (1 in MagNet).
+        norm: ``"layer"`` (MagNet) or ``"instance"`` (LAVT).
 
     Shapes: ``x [B, HW, C]``, ``words [B, N, D]``, ``word_mask [B, N]`` (True = real word)
     -> ``[B, HW, value_dim]``.
@@ -127,7 +166,7 @@ class PixelWordAttention(nn.Module):
 
     def __init__(
         self, *, visual_dim: int, text_dim: int, key_dim: int | None = None, value_dim: int | None = None,
-        num_heads: int = 1,
+        num_heads: int = 1, norm: str = "layer",
     ) -> None:
         super().__init__()
         key_dim = key_dim or visual_dim
@@ -135,20 +174,47 @@ class PixelWordAttention(nn.Module):
         if key_dim % num_heads or value_dim % num_heads:
             raise ValueError(f"PixelWordAttention: key_dim {key_dim} / value_dim {value_dim} not divisible by "
                              f"num_heads {num_heads}")
+        if norm not in PWAM_NORMS:
+            raise ValueError(f"PixelWordAttention: norm must be one of {PWAM_NORMS}, got {norm!r}")
         self.num_heads = num_heads
         self.scale = key_dim**-0.5
-        self.query = nn.Sequential(nn.Linear(visual_dim, key_dim), nn.LayerNorm(key_dim))
+        self.norm = norm
+
+        def make_norm(dim: int) -> nn.Module:
+            return nn.LayerNorm(dim) if norm == "layer" else TokenInstanceNorm()
+
+        self.query = nn.Sequential(nn.Linear(visual_dim, key_dim), make_norm(key_dim))
         self.key = nn.Linear(text_dim, key_dim)
         self.value = nn.Linear(text_dim, value_dim)
-        self.out = nn.Sequential(nn.Linear(value_dim, value_dim), nn.LayerNorm(value_dim))
+        self.out = nn.Sequential(nn.Linear(value_dim, value_dim), make_norm(value_dim))
 
     def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        if self.norm == "instance":
+            return self._forward_lavt(x, words, word_mask)
         q = _heads(self.query(x), self.num_heads)  # [B, h, HW, Ck/h]
         k = _heads(self.key(words), self.num_heads)  # [B, h, N, Ck/h]
         v = _heads(self.value(words), self.num_heads)  # [B, h, N, Cv/h]
         bias = attention_bias_from_mask(word_mask, q.dtype)  # [B, 1, 1, N]: padded words get no weight
         out = _attend(q, k, v, bias, self.scale, self)  # [B, h, HW, Cv/h]
         return self.out(_merge(out))  # [B, HW, Cv]
+
+    def _forward_lavt(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        """LAVT's variant, computed in the released order with its 1x1 ``Conv1d`` kernels.
+
+        The same function as the default path, but the pixel-axis instance norm of ``G``
+        divides by the context's variance over the pixels, which can be small: float rounding
+        of another summation order (a ``Linear`` GEMM, fused attention) is then amplified to
+        about ``1e-4`` at Swin-B scale. Following the release's kernels keeps the two
+        bit-compatible (``tests/golden``)."""
+        m = word_mask.to(x.dtype)[:, :, None]  # [B, N, 1]
+        q = _heads(self.query[1](_conv1x1(self.query[0], x)), self.num_heads)  # [B, h, HW, Ck/h]
+        k = _heads(_conv1x1(self.key, words) * m, self.num_heads)  # [B, h, N, Ck/h], padding zeroed
+        v = _heads(_conv1x1(self.value, words) * m, self.num_heads)
+        scores = self.scale * (q @ k.transpose(-2, -1)) + (1e4 * m[:, None, :, 0][:, :, None] - 1e4)  # [B, h, HW, N]
+        weights = scores.softmax(-1)
+        if is_recording():
+            record(self, "attn", weights)
+        return self.out[1](_conv1x1(self.out[0], _merge(weights @ v)))  # [B, HW, Cv]
 
 
 class PixelWordAttentionModule(nn.Module):
@@ -157,28 +223,36 @@ class PixelWordAttentionModule(nn.Module):
     Args:
         dim: channels ``C`` of the visual tokens (and of ``F``).
         text_dim: channels ``D`` of the words.
-        num_heads: heads of the pixel-word attention (1 in MagNet).
-        dropout: dropout after the two GELUs (``fusion_drop``, 0 in MagNet).
+        num_heads: heads of the pixel-word attention (1 in LAVT and MagNet).
+        dropout: dropout after the two GELUs (``fusion_drop``, 0 in LAVT and MagNet).
+        norm: ``"layer"`` (MagNet's variant) or ``"instance"`` (LAVT's), see
+            :class:`PixelWordAttention`.
 
     Shapes: ``x [B, HW, C]``, ``words [B, N, D]``, ``word_mask [B, N]`` -> ``F [B, HW, C]``.
     """
 
-    def __init__(self, *, dim: int, text_dim: int, num_heads: int = 1, dropout: float = 0.0) -> None:
+    def __init__(
+        self, *, dim: int, text_dim: int, num_heads: int = 1, dropout: float = 0.0, norm: str = "layer"
+    ) -> None:
         super().__init__()
         self.vis_project = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout))
-        self.attention = PixelWordAttention(visual_dim=dim, text_dim=text_dim, num_heads=num_heads)
+        self.attention = PixelWordAttention(visual_dim=dim, text_dim=text_dim, num_heads=num_heads, norm=norm)
         self.project_mm = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout))
 
     def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
         context = self.attention(x, words, word_mask)  # [B, HW, C]
+        if self.attention.norm == "instance":  # LAVT: the release's 1x1 Conv1d kernels (see PixelWordAttention)
+            vis = self.vis_project[2](self.vis_project[1](_conv1x1(self.vis_project[0], x)))
+            mm = _conv1x1(self.project_mm[0], vis * context)
+            return self.project_mm[2](self.project_mm[1](mm))
         return self.project_mm(self.vis_project(x) * context)
 
 
 class LanguageGate(nn.Module):
     """The tanh gate ``g(R) = tanh(W2 act(W1 R))`` (bias-free); ``forward`` returns ``g(R) * R``.
 
-    The caller adds it to the stream: ``X_next = X + gate(F)``. ``act`` is GELU on the image
-    side and ReLU on the language side, as in the code. ``W2`` starts at zero so the gate is
+    The caller adds it to the stream: ``X_next = X + gate(F)``. ``act`` is GELU on MagNet's
+    image side, ReLU on its language side and on LAVT's image side, as in the code. ``W2`` starts at zero so the gate is
     closed at initialisation (see the module docstring for why ``W1`` is not zero too).
 
     Args:
@@ -219,8 +293,9 @@ class WordPixelAttention(nn.Module):
         text_dim: channels ``D`` of the words (= key and value width).
         visual_dim: channels ``C`` of the visual tokens.
         num_heads: attention heads (1 in MagNet).
-        mask_quirk: reproduce the released code's use of BERT's additive mask (see the
-            module docstring); False = the boolean padding mask (default).
+        mask_quirk: reproduce the released code's use of BERT's additive mask and its
+            instance norm over every (padded) word position (see the module docstring);
+            False = the boolean padding mask and statistics over real words (default).
 
     Shapes: ``words [B, N, D]``, ``word_mask [B, N]``, ``x [B, HW, C]`` -> ``[B, N, D]``.
     """
@@ -257,7 +332,8 @@ class WordPixelAttention(nn.Module):
             q = q * word_mask.to(q.dtype).unsqueeze(-1)  # padded queries -> 0 (uniform, then ignored)
         q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))  # [B, h, L, D/h]
         out = _merge(_attend(q, k, v, None, self.scale, self))  # [B, N, D]
-        return masked_instance_norm(self.out(out), word_mask)
+        # the release normalises over all (padded) positions; the default over real words only
+        return masked_instance_norm(self.out(out), None if self.mask_quirk else word_mask)
 
 
 class LanguagePWAM(nn.Module):

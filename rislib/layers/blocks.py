@@ -14,6 +14,7 @@ __all__ = [
     "ConvNormAct",
     "coord_features",
     "sine_position_embedding_2d",
+    "mask2former_position_embedding",
     "masked_mean",
     "flatten_hw",
     "unflatten_hw",
@@ -118,6 +119,44 @@ def sine_position_embedding_2d(
     y = yy.flatten()[:, None] * omega[None]
     x = xx.flatten()[:, None] * omega[None]
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).to(dtype)
+
+
+def mask2former_position_embedding(
+    h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32, temperature: float = 10000.0
+) -> Tensor:
+    """2-D sine positions in the layout of Mask2Former's ``PositionEmbeddingSine(dim / 2, normalize=True)``,
+    ``[H*W, dim]`` (``dim`` divisible by 4).
+
+    The layout MagNet's released decoder uses (``modeling/transformer_decoder/position_encoding.py``
+    at mask-grounding 2debc7e, the DETR/Mask2Former code): the first half of the channels
+    encodes the row ``y``, the second half the column ``x``; within each half, sine and cosine
+    alternate (channel ``2k`` is ``sin``, ``2k + 1`` is ``cos``, both at frequency
+    ``temperature^(-2k / (dim/2))``); and a position is sampled at ``(i + 1) / (n + 1e-6) * 2 pi``
+    (a cumulative count normalised by the last one). :func:`sine_position_embedding_2d` is
+    this project's own layout (``[x sin | x cos | y sin | y cos]`` at cell centres
+    ``(i + 0.5) / n * 2 pi``): the same family of features in another order, so the two are
+    interchangeable for a model trained from scratch but not for released weights.
+    ``tests/golden`` checks this function against the official module.
+    """
+    if dim % 4:
+        raise ValueError(f"mask2former_position_embedding: dim must be divisible by 4, got {dim}")
+    half = dim // 2
+    scale = 2 * math.pi
+    eps = 1e-6
+    ys = torch.arange(1, h + 1, device=device, dtype=torch.float32)
+    xs = torch.arange(1, w + 1, device=device, dtype=torch.float32)
+    ys = ys / (ys[-1:] + eps) * scale
+    xs = xs / (xs[-1:] + eps) * scale
+    dim_t = torch.arange(half, device=device, dtype=torch.float32)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / half)
+
+    def interleave(v: Tensor) -> Tensor:  # [n] -> [n, half]: sin, cos, sin, cos, ...
+        p = v[:, None] / dim_t
+        return torch.stack((p[:, 0::2].sin(), p[:, 1::2].cos()), dim=2).flatten(1)
+
+    pos_y = interleave(ys)[:, None, :].expand(h, w, half)  # [H, W, dim/2]
+    pos_x = interleave(xs)[None, :, :].expand(h, w, half)
+    return torch.cat([pos_y, pos_x], dim=2).reshape(h * w, dim).to(dtype)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..encoders.base import TextEncoder, VisionEncoder
 from ..types import Batch, ModelOutput, TextInput
 
-__all__ = ["ModelConfig", "RISModel", "check_image_range"]
+__all__ = ["ModelConfig", "RISModel", "check_image_range", "mask_probabilities"]
 
 
 def check_image_range(images: Tensor, where: str, tolerance: float = 1e-3) -> None:
@@ -45,6 +45,24 @@ def check_image_range(images: Tensor, where: str, tolerance: float = 1e-3) -> No
     if not (lo >= -tolerance and hi <= 1 + tolerance):  # NaN fails too
         hint = " (0-255 pixels? divide by 255)" if hi > 1.5 else ""
         raise ValueError(f"{where}: Batch.images: expected values in [0, 1], got values in [{lo:g}, {hi:g}]{hint}")
+
+
+def mask_probabilities(
+    logits: Tensor, size: tuple[int, int], *, no_target_logits: Tensor | None = None, align_corners: bool = False
+) -> Tensor:
+    """The inference rule shared by every model: foreground probability ``[B, 1, H, W]``.
+
+    ``logits [B, 1, h, w]`` are resized bilinearly to ``size`` *first*, then turned into
+    probabilities; a ``no_target_logits [B]`` output (MagNet's class gate) multiplies them by
+    ``P(target) = 1 - sigmoid(no_target_logits)``. ``align_corners=True`` is what LAVT's model
+    and MagNet's ``test.py`` use; rislib's models default to ``False`` (the grid convention of
+    ``F.interpolate``'s default) except where a model's official mode asks for ``True``.
+    """
+    up = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=align_corners)
+    prob = up.sigmoid()
+    if no_target_logits is not None:
+        prob = prob * (1 - no_target_logits.float().sigmoid()).view(-1, 1, 1, 1)
+    return prob
 
 
 @dataclass
@@ -88,6 +106,8 @@ class RISModel(nn.Module, ABC):
     text_encoder: TextEncoder
     name: str = ""
     preset: str = ""
+    #: bilinear ``align_corners`` of the inference resize (:func:`mask_probabilities`)
+    inference_align_corners: bool = False
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -123,7 +143,8 @@ class RISModel(nn.Module, ABC):
         """Foreground probability ``[B, 1, H, W]`` at ``size`` (the input size by default).
 
         Runs in eval mode and restores the previous mode afterwards. A model with a
-        ``"no_target_logits"`` output multiplies by the probability that a target exists.
+        ``"no_target_logits"`` output multiplies by the probability that a target exists
+        (:func:`mask_probabilities`).
 
         Raises:
             ValueError: ``batch.images`` are not float values in ``[0, 1]`` (e.g. 0-255 pixels).
@@ -136,11 +157,10 @@ class RISModel(nn.Module, ABC):
         finally:
             self.train(was_training)
         size = size or tuple(batch.images.shape[-2:])
-        logits = F.interpolate(out.logits.float(), size=size, mode="bilinear", align_corners=False)
-        prob = logits.sigmoid()
-        if "no_target_logits" in out.aux:
-            prob = prob * (1 - out.aux["no_target_logits"].float().sigmoid()).view(-1, 1, 1, 1)
-        return prob
+        return mask_probabilities(
+            out.logits, size, no_target_logits=out.aux.get("no_target_logits"),
+            align_corners=self.inference_align_corners,
+        )
 
     @torch.no_grad()
     def predict(self, batch: Batch, threshold: float = 0.5, size: tuple[int, int] | None = None) -> Tensor:

@@ -31,7 +31,11 @@ default, which is **this project's interpretation**:
 
 The ``paper`` preset uses DarkNet-53 at 416 px and a bi-GRU with 1024-d summed directions on
 300-d embeddings ([recall] for LTS, [src] for MCN); its parameter count is not reported by the
-paper notes. Published results: oIoU on RefCOCO/+/g, docs/methods/lts.md#published-results.
+paper notes. Every preset's language encoder is a bi-GRU, as the paper states: from-scratch
+embeddings in ``tiny`` and ``paper`` (GloVe vectors are not shipped; load them into
+``text_encoder.embed`` for a closer match), MiniLM's pre-trained WordPiece embeddings, frozen,
+in ``small`` (``minilm_bigru``, this project's choice). Published results: oIoU on RefCOCO/+/g,
+docs/methods/lts.md#published-results.
 
 Outputs: ``logits [B, 1, H/8, W/8]`` (``H/4`` in the tiny preset); ``aux["location"]`` prior
 logits ``[B, 1, H/32, W/32]`` and ``aux["relevance"]`` relevance-filter logits (when the filter is used). Recorded maps:
@@ -128,8 +132,11 @@ def _lts_presets() -> dict[str, LTSConfig]:
             text_kwargs=tiny_text, levels=(4, 8, 16, 32), feature_dims=(32, 64, 64, 128), transformer_dim=64,
             transformer_depth=2, transformer_heads=4, head_dim=64, dice_weight=1.0,
         ),
+        # small: a bi-GRU (512 per direction) over MiniLM's frozen WordPiece embeddings, the
+        # paper's recurrent language encoder with word vectors that install offline
         "small": LTSConfig(
-            image_size=256, vision="efficientnet_lite0", text="minilm", levels=(8, 16, 32),
+            image_size=256, vision="efficientnet_lite0", text="minilm_bigru", text_kwargs={"dim": 512},
+            levels=(8, 16, 32),
             feature_dims=(128, 256, 512), transformer_dim=256, transformer_depth=2, transformer_heads=8, head_dim=128,
             dice_weight=1.0,
         ),

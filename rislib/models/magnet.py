@@ -20,23 +20,46 @@ Architecture [code] (docs/methods/magnet.md#architecture-from-the-official-code)
 
   Both fusions read the *pre-fusion* ``i_s`` and ``l_s``. ``out_s`` has ``C, 2C, 4C, 8C``
   channels at strides 4, 8, 16, 32.
-* **Decoder.** Mask2Former's head with one query (:mod:`rislib.decoders.mask2former`): a
-  multi-scale pixel decoder over ``out_1..out_4`` (here a plain transformer encoder instead of
-  multi-scale deformable attention: see that module for the change and its cost) and 9
-  masked-attention layers; 10 predictions for deep supervision. The decoder never sees
-  language directly. (The CPU-sized presets keep stride 4 out of the pixel decoder's
-  transformer, ``pixel_decoder_fpn_levels=1``; ``paper`` keeps MagNet's four levels.)
-* **Inference.** The code upsamples the mask logits to the target size, computes
-  ``P = softmax(class)[..., 1:] * sigmoid(mask)`` and thresholds at 0.5. Its softmax,
-  however, runs over ``dim=1``, the *query* axis, which has size 1, so it is identically 1
-  and the released rule is ``P = sigmoid(mask)``. Default here (``class_gate=True``): the
-  evident intent, softmax over the two classes, index 1 = "target" (docs/methods/magnet.md#inference);
-  ``class_gate=False`` is the released rule exactly. The model returns the last mask logits
-  as ``logits`` and the class gate as ``aux["no_target_logits"] = class[0] - class[1]``,
-  which :meth:`RISModel.probabilities` applies after resizing, so ``predict`` computes
-  ``sigmoid(resized mask) * softmax(class)[1] > 0.5``, the code's order. (Folding the gate
-  into ``logits`` as ``logit(P)`` would not commute with the resize: the gated logits
-  saturate at ``logit(softmax(class)[1])`` and move interpolated boundaries.)
+* **Decoder.** Mask2Former's head with one query: a multi-scale pixel decoder over
+  ``out_1..out_4`` and 9 masked-attention layers (:mod:`rislib.decoders.mask2former`); 10
+  predictions for deep supervision. The decoder never sees language directly. The pixel
+  decoder is MagNet's multi-scale deformable attention (``pixel_decoder="deformable"``,
+  :mod:`rislib.decoders.deformable`, in plain PyTorch as the release runs it) or this
+  project's dense transformer encoder (``"dense"``, the default; see
+  :class:`~rislib.decoders.mask2former.MultiScalePixelDecoder` for the change and its cost).
+  (The CPU-sized presets keep stride 4 out of the dense decoder's transformer,
+  ``pixel_decoder_fpn_levels=1``; ``paper`` keeps MagNet's four levels.)
+* **Inference.** The code upsamples the mask logits to the target size (bilinear,
+  ``align_corners=True``), computes ``P = softmax(class)[..., 1:] * sigmoid(mask)`` and
+  thresholds at 0.5. Its softmax, however, runs over ``dim=1``, the *query* axis, which has
+  size 1, so it is identically 1 and the released rule is ``P = sigmoid(mask)``. Default here
+  (``class_gate=True``): the evident intent, softmax over the two classes, index 1 =
+  "target" (docs/methods/magnet.md#inference); ``class_gate=False`` is the released rule
+  exactly. The model
+  returns the last mask logits as ``logits`` and the class gate as
+  ``aux["no_target_logits"] = class[0] - class[1]``, which :meth:`RISModel.probabilities`
+  applies after resizing, so ``predict`` computes ``sigmoid(resized mask) * softmax(class)[1]
+  > 0.5``, the code's order. (Folding the gate into ``logits`` as ``logit(P)`` would not
+  commute with the resize: the gated logits saturate at ``logit(softmax(class)[1])`` and
+  move interpolated boundaries.) The resize uses ``align_corners=False`` unless
+  ``inference_align_corners`` (on the golden tests' smooth logits the two thresholded masks
+  agree to an IoU of 0.89-0.92).
+* **Any input size.** The image is zero-padded (after normalisation) on the right and
+  bottom to a multiple of 4, as the released patch embedding does; Swin pads its windows and
+  patch merging pads odd maps; the logits cover the padded map.
+
+**Official mode** (``official=True``; docs/fidelity.md): the released forward pass of
+``test.py`` at mask-grounding 2debc7e, proven by ``tests/golden`` at shared random weights.
+It sets ``official_windows`` (Swin pads, then rolls:
+:func:`rislib.encoders.timm_backbones.use_official_windows`),
+``language_mask_quirk`` (BERT's additive mask as the released code uses it, words padded to
+``max_tokens``, instance norm over all positions: :mod:`rislib.fusion.pwam`),
+``pixel_decoder="deformable"`` with all four levels, ``position_embedding="mask2former"``,
+``class_gate=False`` and ``inference_align_corners=True``. Released weights load with
+:meth:`MagNet.load_official_checkpoint`. The defaults stay this project's choices where it
+deliberately differs: the class gate, segmentation from the clean expression, the dense
+pixel decoder (no sampling operator to follow in a course), the boolean word mask; and timm's
+window order and this project's sine layout, which leave the tiny presets unchanged.
 
 Training (the paper's loss code is not released; docs/methods/magnet.md#this-projects-interpretation
 [proposal], this project's interpretation):
@@ -61,7 +84,10 @@ Training (the paper's loss code is not released; docs/methods/magnet.md#this-pro
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +95,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..decoders.mask2former import MaskedQueryDecoder, MultiScalePixelDecoder
+from ..decoders.deformable import DeformablePixelDecoder
+from ..decoders.mask2former import POSITION_EMBEDDINGS, MaskedQueryDecoder, MultiScalePixelDecoder
 from ..encoders import build_text_encoder, build_vision_encoder
 from ..fusion.magnet_cam import CrossModalAlignmentModule
 from ..fusion.mask_grounding import MaskGroundingHead, mask_tokens
@@ -84,6 +111,13 @@ from ..losses import (
 )
 from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
+from .official import (
+    MAGNET_UNUSED_OFFICIAL_KEYS,
+    convert_official_state_dict,
+    lavt_param_groups,
+    magnet_official_key,
+    read_released_checkpoint,
+)
 from .registry import register_model
 
 __all__ = ["MagNetConfig", "MagNet", "MagNetStageFusion", "default_bert_cut"]
@@ -106,10 +140,11 @@ class MagNetConfig(ModelConfig):
     Training recipe for ``paper`` (docs/methods/magnet.md#training-recipe): the official
     ``args.py`` defaults, identical to LAVT's: AdamW, lr 5e-5, weight decay 0.01, batch 8 per
     GPU (LAVT: 4 GPUs, 32 in all), 40 epochs, 480 x 480, plain resize, polynomial decay
-    ``(1 - it/total)^0.9`` per iteration (LAVT), fusion dropout 0, Swin window 12, drop-path
-    0.3; Swin initialised from ImageNet-22k ``swin_base_patch4_window12_384`` and BERT from
-    ``bert-base-uncased`` (``vision_checkpoint`` / ``text_checkpoint``). MagNet's own epochs,
-    GPUs, loss weights and augmentation are not reported in what could be read.
+    ``(1 - it/total)^0.9`` per iteration (LAVT), LAVT's parameter groups (``optimizer_groups="lavt"``, set by the
+    recipe), fusion dropout 0, Swin window 12, drop-path 0.3; Swin initialised from
+    ImageNet-22k ``swin_base_patch4_window12_384`` and BERT from ``bert-base-uncased``
+    (``vision_checkpoint`` / ``text_checkpoint``). MagNet's own epochs, GPUs, loss weights and
+    augmentation are not reported in what could be read.
 
     Attributes (besides :class:`ModelConfig`'s; ``vision``/``text`` name registered encoders:
     a timm Swin and a BERT-family encoder):
@@ -118,9 +153,24 @@ class MagNetConfig(ModelConfig):
         fusion_heads: heads of every PWAM (1 in MagNet).
         fusion_dropout: dropout inside the fusions (0 in MagNet).
         language_mask_quirk: reproduce the released code's additive-mask bug on the language
-            side (see :mod:`rislib.fusion.pwam`); False = boolean padding mask.
+            side (see :mod:`rislib.fusion.pwam`; words are then padded to ``max_tokens``, as
+            the release always does); False = boolean padding mask.
+        official: the released forward pass (module docstring): overrides
+            ``official_windows``, ``language_mask_quirk``, ``pixel_decoder``,
+            ``pixel_decoder_fpn_levels``, ``position_embedding``, ``class_gate`` and
+            ``inference_align_corners``.
+        official_windows: Swin windows as the original code computes them (pad, then roll).
+        pixel_decoder: ``"dense"`` (this project's) or ``"deformable"`` (MagNet's).
+        pixel_decoder_points: sampling points of the deformable decoder (4).
+        position_embedding: sine layout of the decoders: ``"rislib"`` or ``"mask2former"``.
+        inference_align_corners: ``align_corners`` of the inference resize (True in the release).
+        optimizer_groups: ``"rislib"`` (:meth:`RISModel.param_groups`) or ``"lavt"`` (LAVT's
+            ``train.py`` groups by released name, :func:`rislib.models.official.lavt_param_groups`;
+            the language-side fusions, ``lang_proj`` and the Mask Grounding head, which LAVT
+            does not have, are decayed).
         use_cam: build the Cross-modal Alignment Module (off: the stage output is the PWAM
-            output ``F``, as LAVT).
+            output ``F``; LAVT itself, :mod:`rislib.models.lavt`, also normalises ``F`` and uses its own
+            PWAM variant).
         cam_pool_sizes: CAM pooling sizes.
         decoder_dim, pixel_decoder_layers, pixel_decoder_ffn, decoder_layers, decoder_heads,
         decoder_ffn, decoder_groups: Mask2Former head sizes (256, 4, 1024, 9, 8, 2048, 32 [code]).
@@ -143,6 +193,13 @@ class MagNetConfig(ModelConfig):
     fusion_heads: int = 1
     fusion_dropout: float = 0.0
     language_mask_quirk: bool = False
+    official: bool = False
+    official_windows: bool = False
+    pixel_decoder: str = "dense"
+    pixel_decoder_points: int = 4
+    position_embedding: str = "rislib"
+    inference_align_corners: bool = False
+    optimizer_groups: str = "rislib"
     use_cam: bool = True
     cam_pool_sizes: tuple[int, ...] = (1, 2, 3, 6)
     decoder_dim: int = 64
@@ -167,6 +224,18 @@ class MagNetConfig(ModelConfig):
     dice_weight: float = 5.0
     mg_weight: float = 0.1
     cal_weight: float = 0.1
+
+
+#: what ``MagNetConfig.official=True`` sets (module docstring)
+OFFICIAL_MAGNET = {
+    "official_windows": True,
+    "language_mask_quirk": True,
+    "pixel_decoder": "deformable",
+    "pixel_decoder_fpn_levels": 0,
+    "position_embedding": "mask2former",
+    "class_gate": False,
+    "inference_align_corners": True,
+}
 
 
 class MagNetStageFusion(nn.Module):
@@ -286,10 +355,29 @@ class MagNet(RISModel):
     config: MagNetConfig
 
     def __init__(self, config: MagNetConfig) -> None:
+        if config.official:
+            config = dataclasses.replace(config, **OFFICIAL_MAGNET)
         super().__init__(config)
         if config.mg_mode not in ("shared", "separate"):
             raise ValueError(f"MagNetConfig.mg_mode: expected 'shared' or 'separate', got {config.mg_mode!r}")
-        self.vision_encoder = build_vision_encoder(config.vision, **config.vision_kwargs)
+        if config.pixel_decoder not in ("dense", "deformable"):
+            raise ValueError(
+                f"MagNetConfig.pixel_decoder: expected 'dense' or 'deformable', got {config.pixel_decoder!r}"
+            )
+        if config.position_embedding not in POSITION_EMBEDDINGS:
+            raise ValueError(
+                f"MagNetConfig.position_embedding: expected one of {POSITION_EMBEDDINGS}, "
+                f"got {config.position_embedding!r}"
+            )
+        if config.optimizer_groups not in ("rislib", "lavt"):
+            raise ValueError(
+                f"MagNetConfig.optimizer_groups: expected 'rislib' or 'lavt', got {config.optimizer_groups!r}"
+            )
+        self.inference_align_corners = config.inference_align_corners
+        vision_kwargs = dict(config.vision_kwargs)
+        if config.official_windows:
+            vision_kwargs["official_windows"] = True
+        self.vision_encoder = build_vision_encoder(config.vision, **vision_kwargs)
         body = getattr(self.vision_encoder, "body", None)
         if body is None or not hasattr(body, "patch_embed") or len(getattr(body, "layers", ())) != 4:
             raise ValueError(
@@ -324,14 +412,16 @@ class MagNet(RISModel):
             )
             for c in channels
         )
-        self.pixel_decoder = MultiScalePixelDecoder(
+        pixel_decoder_cls = DeformablePixelDecoder if config.pixel_decoder == "deformable" else MultiScalePixelDecoder
+        extra = {"num_points": config.pixel_decoder_points} if config.pixel_decoder == "deformable" else {}
+        self.pixel_decoder = pixel_decoder_cls(
             in_channels=channels, dim=config.decoder_dim, num_layers=config.pixel_decoder_layers,
             num_heads=config.decoder_heads, ffn_dim=config.pixel_decoder_ffn, num_groups=config.decoder_groups,
-            fpn_levels=config.pixel_decoder_fpn_levels,
+            fpn_levels=config.pixel_decoder_fpn_levels, position_embedding=config.position_embedding, **extra,
         )
         self.decoder = MaskedQueryDecoder(
             dim=config.decoder_dim, num_queries=1, num_layers=config.decoder_layers, num_heads=config.decoder_heads,
-            ffn_dim=config.decoder_ffn, num_levels=3, num_classes=2,
+            ffn_dim=config.decoder_ffn, num_levels=3, num_classes=2, position_embedding=config.position_embedding,
         )
         self.lang_proj = nn.Linear(text_dim, config.decoder_dim)  # as the official WrapperModel
         self.mask_grounding = (
@@ -351,12 +441,18 @@ class MagNet(RISModel):
         return words
 
     def encode(self, images: Tensor, ids: Tensor, word_mask: Tensor) -> _Encoded:
-        """Run the interleaved Swin/BERT encoder; returns the four stage outputs and final words."""
+        """Run the interleaved Swin/BERT encoder; returns the four stage outputs and final words.
+
+        ``images [B, 3, H, W]`` in ``[0, 1]``, any size: normalised, then zero-padded on the
+        right and bottom to a multiple of 4 (the released ``PatchEmbed``'s padding)."""
         from transformers.masking_utils import create_bidirectional_mask
 
         body = self.vision_encoder.body
         bert = self.text_encoder.bert
-        x = body.patch_embed(self.vision_encoder.normalize(images))  # [B, 3, H, W] -> [B, H/4, W/4, C]
+        x = self.vision_encoder.normalize(images)
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % 4, 0, -h % 4))  # [B, 3, H', W'], multiples of 4
+        x = body.patch_embed(x)  # [B, 3, H', W'] -> [B, H'/4, W'/4, C]
         words = bert.embeddings(input_ids=ids)  # [B, N, D]
         attn_mask = create_bidirectional_mask(config=bert.config, inputs_embeds=words, attention_mask=word_mask)
         stages, start = [], 0
@@ -373,10 +469,12 @@ class MagNet(RISModel):
         cfg = self.config
         text = self.prepare_text(batch.text, batch.images.device)
         ids, word_mask = text.ids, text.mask
+        if cfg.language_mask_quirk and ids.shape[1] < cfg.max_tokens:
+            # the release always pads to max_tokens, and its quirk normalises over every position
+            pad = cfg.max_tokens - ids.shape[1]
+            ids = F.pad(ids, (0, pad), value=self.tokenizer.pad_id)
+            word_mask = F.pad(word_mask, (0, pad), value=False)
         images = batch.images
-        h, w = images.shape[-2:]
-        if h % 32 or w % 32:
-            raise ValueError(f"MagNet: image size {h}x{w} must be a multiple of 32 (Swin's four stages)")
         grounding = self.training and self.mask_grounding is not None and batch.masks is not None
         aux: dict[str, Tensor] = {}
         if grounding:
@@ -404,6 +502,44 @@ class MagNet(RISModel):
             emb = self.text_encoder.bert.embeddings.word_embeddings.weight
             aux["mg_logits"] = self.mask_grounding(mg_enc.words, word_mask, mg_enc.stages[-1], batch.masks, emb)
         return ModelOutput(logits=logits, aux=aux)
+
+    # ---- released weights and LAVT's optimiser groups ------------------------------------------
+    def load_official_checkpoint(self, checkpoint: str | os.PathLike | Mapping[str, Tensor]) -> None:
+        """Load a released MagNet checkpoint (``magnet_refcoco.pth`` etc.: a dict whose ``model``
+        entry is the ``WrapperModel`` state dict, or that state dict itself).
+
+        Every tensor of this model must be found (the Mask Grounding head, not released, keeps
+        its initialisation); every released tensor must be used, except Swin's output norms
+        and the language residual norms that the released test path never applies. Build the
+        model with ``official=True`` (and the ``paper`` preset) to reproduce the released
+        predictions; the other settings load too, and then compute this project's variant.
+        """
+        source = "official MagNet checkpoint"
+        if not isinstance(checkpoint, Mapping):
+            source = str(checkpoint)
+            checkpoint = read_released_checkpoint(checkpoint)
+        sd = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+        if self.config.pixel_decoder != "deformable":
+            raise ValueError(
+                f"{source}: the released pixel decoder is deformable; build with pixel_decoder='deformable' "
+                "(or official=True) to load it"
+            )
+        converted = convert_official_state_dict(
+            self, sd, magnet_official_key, unused=MAGNET_UNUSED_OFFICIAL_KEYS, skip=("mask_grounding.*",),
+            source=source,
+        )
+        missing, unexpected = self.load_state_dict(converted, strict=False)
+        left = [k for k in missing if not k.startswith("mask_grounding.") and k in dict(self.named_parameters())]
+        if left or unexpected:
+            raise KeyError(f"{source}: not loaded {left[:8]}, unexpected {unexpected[:8]}")
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """``optimizer_groups="lavt"``: LAVT's groups (:func:`rislib.models.official.lavt_param_groups`);
+        otherwise :meth:`RISModel.param_groups`."""
+        if self.config.optimizer_groups != "lavt":
+            return super().param_groups(lr, weight_decay)
+        extra = [f"fusions.{i}.language_" for i in range(len(self.fusions))] + ["lang_proj.", "mask_grounding."]
+        return lavt_param_groups(self, lr, weight_decay, magnet_official_key, extra=extra)
 
     def loss(self, batch: Batch, output: ModelOutput) -> dict[str, Tensor]:
         """``L_seg + mg_weight L_MG + cal_weight L_CAL`` with every term named (module docstring)."""

@@ -27,8 +27,8 @@ from ..data.catalog import dataset_info
 
 __all__ = ["ReproducedResult", "load_results", "read_result", "MODEL_TO_METHOD", "ResultFileError"]
 
-MODEL_TO_METHOD = {"lts": "LTS", "maris": "MARIS", "magnet": "MagNet", "haris": "HARIS"}
-"""rislib model name -> the published method it reproduces (the baselines have no rislib twin)."""
+MODEL_TO_METHOD = {"lts": "LTS", "maris": "MARIS", "lavt": "LAVT", "magnet": "MagNet", "haris": "HARIS"}
+"""rislib model name -> the published method it reproduces (the other baselines have no rislib twin)."""
 
 _REQUIRED = ("model", "preset", "dataset", "split", "metrics")
 
