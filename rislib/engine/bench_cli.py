@@ -30,8 +30,8 @@ Peak memory is ``torch.cuda.max_memory_allocated`` per side on CUDA; on the CPU 
 process's peak resident memory exists (one number for the whole run). On the CPU torch runs
 one thread by default here (``--threads``; two threads on a busy two-core machine ran a
 step many times slower). Results go to ``benchmarks/results/bench_<device>_<date>.json``
-(rows of the same method, preset, side and size are replaced when the file exists) with a
-bar chart of the GFLOP/s ratios next to it (``.png``)::
+(``--label`` adds a suffix; rows of the same method, preset, side and size are replaced when
+the file exists) with a bar chart of the GFLOP/s ratios next to it (``.png``)::
 
     python -m rislib bench                                  # every method, tiny preset, this device
     python -m rislib bench --sizes 64 128 --sides fast      # two resolutions, fast side only
@@ -341,12 +341,14 @@ def _row_key(r: dict[str, Any]) -> tuple[Any, ...]:
     return r["model"], r["preset"], r["side"], r.get("image_size")
 
 
-def write_result(record: dict[str, Any], out_dir: str | Path = "benchmarks/results", plot: bool = True) -> Path:
-    """Write (or merge into) ``bench_<device>_<date>.json`` and, with ``plot``, its ratio chart
-    (``.png``, when the record has reference ratios); returns the JSON's path."""
+def write_result(
+    record: dict[str, Any], out_dir: str | Path = "benchmarks/results", plot: bool = True, label: str = ""
+) -> Path:
+    """Write (or merge into) ``bench_<device>_<date>[_<label>].json`` and, with ``plot``, its ratio
+    chart (``.png``, when the record has reference ratios); returns the JSON's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench_{record['device_slug']}_{record['date']}.json"
+    path = out / f"bench_{record['device_slug']}_{record['date']}{'_' + label if label else ''}.json"
     if path.is_file():
         old = json.loads(path.read_text())
         new_keys = {_row_key(r) for r in record["results"]}
@@ -436,6 +438,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1; 0 = torch's choice)")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--label", default="", help="added to the result file's name (e.g. the code version)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -451,7 +454,7 @@ def main(args: argparse.Namespace) -> int:
         infer=not args.no_infer, progress=not args.no_progress, sizes=args.sizes, sides=args.sides,
         reference=not args.no_reference,
     )  # fmt: skip
-    path = write_result(record, args.out)
+    path = write_result(record, args.out, label=args.label)
     print(format_table(record))
     print(f"written: {path}" + (f" and {path.with_suffix('.png')}" if path.with_suffix(".png").is_file() else ""))
     return 0
