@@ -35,6 +35,7 @@ the file exists) with a bar chart of the GFLOP/s ratios next to it (``.png``)::
 
     python -m rislib bench                                  # every method, tiny preset, this device
     python -m rislib bench --sizes 64 128 --sides fast      # two resolutions, fast side only
+    python -m rislib bench --models magnet --sizes 64 128 --set mg_mode=shared
     python -m rislib bench --models magnet xattn --preset paper --batch-size 8 --compile
 """
 
@@ -177,13 +178,14 @@ def run_benchmark(
     models: list[str], *, preset: str = "tiny", batch_size: int = 16, steps: int = 10, warmup: int = 3,
     rounds: int = 2, device: str = "auto", compile_: bool = False, channels_last: bool = True, infer: bool = True,
     seed: int = 0, progress: bool = True, sizes: Sequence[int] | None = None, sides: Sequence[str] = ("plain", "fast"),
-    reference: bool = True,
+    reference: bool = True, overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Measure every model in ``models`` at ``preset`` (see the module docstring); returns the record.
 
     ``sizes``: image sizes to train at (the model is built with ``image_size=size``; default:
     the preset's). ``sides``: ``"plain"`` and/or ``"fast"``. ``reference``: also train the
     FLOP-matched :class:`~rislib.engine.reference_net.ReferenceNet` next to each model.
+    ``overrides``: config fields applied to every model (rows are labelled ``name[key=value]``).
     """
     from tqdm.auto import tqdm
 
@@ -197,6 +199,8 @@ def run_benchmark(
     dev = resolve_device(device)
     load_start = _load_average()
     sides = tuple(dict.fromkeys(sides))
+    overrides = dict(overrides or {})
+    suffix = "[" + ",".join(f"{k}={v}" for k, v in overrides.items()) + "]" if overrides else ""
     jobs = []
     for m in models:
         for size in sizes or [get_config(m, preset).image_size]:
@@ -213,7 +217,8 @@ def run_benchmark(
         key = (name, size, side)
         # the first round of each side counts the FLOPs
         opts = dict(side=side, batch=batch, count_flops=key not in per, **common)
-        run_model = partial(_measure, partial(build_model, name, preset, image_size=size), infer=infer, **opts)
+        build = partial(build_model, name, preset, image_size=size, **overrides)
+        run_model = partial(_measure, build, infer=infer, **opts)
         if not reference:
             result = {"model": run_model()}
         elif (name, size) not in fits or r % 2 == 0:  # model first (it sizes the reference), then the reference
@@ -234,6 +239,8 @@ def run_benchmark(
         flops = next(m["train_flops_per_step"] for m in ms if "train_flops_per_step" in m)
         row: dict[str, Any] = {
             "model": name,
+            "label": name + suffix,
+            "overrides": overrides,
             "preset": preset,
             "side": side,
             "options": _options(side, dev, compile_, channels_last),
@@ -269,8 +276,8 @@ def run_benchmark(
         rows.append(row)
     speedups = {}
     if set(sides) == {"plain", "fast"}:
-        for name, size in dict.fromkeys((r["model"], r["image_size"]) for r in rows):
-            p, f = (next(r for r in rows if (r["model"], r["image_size"], r["side"]) == (name, size, s))
+        for name, size in dict.fromkeys((r["label"], r["image_size"]) for r in rows):
+            p, f = (next(r for r in rows if (r["label"], r["image_size"], r["side"]) == (name, size, s))
                     for s in ("plain", "fast"))  # fmt: skip
             speedups[f"{name}@{size}"] = {"train": f["train_samples_per_s"] / p["train_samples_per_s"]}
             if infer:
@@ -338,7 +345,8 @@ def _git_commit() -> str | None:
 
 
 def _row_key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return r["model"], r["preset"], r["side"], r.get("image_size")
+    overrides = json.dumps(r.get("overrides") or {}, sort_keys=True)
+    return r["model"], overrides, r["preset"], r["side"], r.get("image_size")
 
 
 def write_result(
@@ -370,7 +378,7 @@ def plot_ratios(record: dict[str, Any], path: str | Path | None = None):
     from matplotlib.figure import Figure
 
     rows = [r for r in record["results"] if "gflops_ratio" in r]
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    models = list(dict.fromkeys(r.get("label", r["model"]) for r in rows))
     series = sorted({(r["side"], r["image_size"]) for r in rows}, key=lambda s: (s[0] != "fast", s[1]))
     fig = Figure(figsize=(1.6 + 1.3 * len(models), 3.6), layout="constrained")
     ax = fig.add_subplot()
@@ -379,7 +387,8 @@ def plot_ratios(record: dict[str, Any], path: str | Path | None = None):
     for k, (side, size) in enumerate(series):
         xs, ys = [], []
         for i, m in enumerate(models):
-            row = next((r for r in rows if (r["model"], r["side"], r["image_size"]) == (m, side, size)), None)
+            row = next((r for r in rows if (r.get("label", r["model"]), r["side"], r["image_size"]) == (m, side, size)),
+                       None)  # fmt: skip
             if row is not None:
                 xs.append(i + (k - (len(series) - 1) / 2) * width)
                 ys.append(row["gflops_ratio"])
@@ -404,7 +413,8 @@ def plot_ratios(record: dict[str, Any], path: str | Path | None = None):
 
 
 def format_table(record: dict[str, Any]) -> str:
-    lines = [f"{'model':<8} {'preset':<6} {'px':>4} {'side':<5} {'params M':>8} {'train/s':>8} {'GFLOP/s':>8} "
+    width = max([8] + [len(r.get("label", r["model"])) for r in record["results"]])
+    lines = [f"{'model':<{width}} {'preset':<6} {'px':>4} {'side':<5} {'params M':>8} {'train/s':>8} {'GFLOP/s':>8} "
              f"{'ref GF/s':>8} {'ratio':>6} {'infer/s':>8} {'peak MB':>8}"]  # fmt: skip
     for r in record["results"]:
         mem = f"{r['peak_memory_mb']:.0f}" if r.get("peak_memory_mb") is not None else "-"
@@ -412,9 +422,9 @@ def format_table(record: dict[str, Any]) -> str:
         gf = f"{r['train_gflops_per_s']:.1f}" if "train_gflops_per_s" in r else "-"
         ref = f"{r['reference']['train_gflops_per_s']:.1f}" if "reference" in r else "-"
         ratio = f"{r['gflops_ratio']:.2f}" if "gflops_ratio" in r else "-"
-        lines.append(f"{r['model']:<8} {r['preset']:<6} {r.get('image_size', '-'):>4} {r['side']:<5} "
-                     f"{r['params_m']:>8.2f} {r['train_samples_per_s']:>8.1f} {gf:>8} {ref:>8} {ratio:>6} "
-                     f"{inf:>8} {mem:>8}")  # fmt: skip
+        lines.append(f"{r.get('label', r['model']):<{width}} {r['preset']:<6} {r.get('image_size', '-'):>4} "
+                     f"{r['side']:<5} {r['params_m']:>8.2f} {r['train_samples_per_s']:>8.1f} {gf:>8} {ref:>8} "
+                     f"{ratio:>6} {inf:>8} {mem:>8}")  # fmt: skip
     for m, s in record["speedup_fast_over_plain"].items():
         lines.append(f"{m}: fast / plain = {s['train']:.2f}x train" + (f", {s['infer']:.2f}x inference"
                                                                        if "infer" in s else ""))  # fmt: skip
@@ -435,6 +445,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-channels-last", action="store_true", help="keep NCHW on the fast side")
     parser.add_argument("--no-infer", action="store_true", help="skip the inference measurement")
     parser.add_argument("--no-reference", action="store_true", help="skip the FLOP-matched reference network")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="model config overrides for every model (e.g. mg_mode=shared)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1; 0 = torch's choice)")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results")
@@ -444,6 +456,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..models import available
+    from .train_cli import parse_assignments
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -452,7 +465,7 @@ def main(args: argparse.Namespace) -> int:
         models, preset=args.preset, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
         rounds=args.rounds, device=args.device, compile_=args.compile, channels_last=not args.no_channels_last,
         infer=not args.no_infer, progress=not args.no_progress, sizes=args.sizes, sides=args.sides,
-        reference=not args.no_reference,
+        reference=not args.no_reference, overrides=parse_assignments(args.set),
     )  # fmt: skip
     path = write_result(record, args.out, label=args.label)
     print(format_table(record))
