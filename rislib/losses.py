@@ -184,22 +184,23 @@ def pixel_contrastive_loss(
     index = nn.utils.rnn.pad_sequence([i for _, i in picks], batch_first=True)  # [I, n], padded with 0
     n_all = torch.tensor([i.numel() for _, i in picks], device=device)
     n_pos = torch.tensor(n_fg, device=device)
-    emb = pixel_embeds.float().flatten(2).transpose(1, 2)  # [B, hw, C]
-    z = F.normalize(emb[images[:, None], index], dim=-1)  # [I, n, C], the sampled pixels, referent first
-    slots = torch.arange(index.shape[1], device=device)
-    f = max(n_fg)
-    anchors = z[:, :f] / temperature  # [I, F, C]: rows past an image's referent count are ignored below
-    # similarities are at most 1 / T (unit vectors), so exp(s - 1/T) never overflows: no max pass is needed
-    shift = 1.0 / temperature
-    inf = torch.tensor(float("inf"), device=device)
-    col = torch.where(slots[None] < n_all[:, None], -shift, -inf)  # [I, n]: padding never takes part
-    diag = torch.where(slots[:f, None] == slots[None], -inf, 0.0)  # [F, n]: nor the anchor itself
-    sim = torch.baddbmm(col[:, None, :] + diag, anchors, z.transpose(1, 2))  # [I, F, n]: z_i.z_a / T - 1/T
-    lse = shift + sim.exp().sum(2).log()  # [I, F]: log sum over a != i of exp(z_i.z_a / T)
-    # sum over the other referent pixels p of z_i.z_p / T, as (z_i . sum_p z_p - z_i . z_i) / T
-    fg_sum = (z * (slots[None, :, None] < n_pos[:, None, None])).sum(1)  # [I, C]
-    pos = (anchors @ fg_sum[:, :, None]).squeeze(2) - (anchors * z[:, :f]).sum(2)  # [I, F]
-    per_anchor = lse - pos / (n_pos[:, None] - 1)  # L_i = -mean over p of (z_i.z_p / T - logsumexp_a)
-    is_anchor = slots[None, : anchors.shape[1]] < n_pos[:, None]  # [I, F]
-    per_image = per_anchor.masked_fill(~is_anchor, 0.0).sum(1) / n_pos  # [I]
-    return per_image.mean()
+    with torch.autocast(device.type, enabled=False):  # float32 similarities, also under autocast
+        emb = pixel_embeds.float().flatten(2).transpose(1, 2)  # [B, hw, C]
+        z = F.normalize(emb[images[:, None], index], dim=-1)  # [I, n, C], the sampled pixels, referent first
+        slots = torch.arange(index.shape[1], device=device)
+        f = max(n_fg)
+        anchors = z[:, :f] / temperature  # [I, F, C]: rows past an image's referent count are ignored below
+        # similarities are at most 1 / T (unit vectors), so exp(s - 1/T) never overflows: no max pass is needed
+        shift = 1.0 / temperature
+        inf = torch.tensor(float("inf"), device=device)
+        col = torch.where(slots[None] < n_all[:, None], -shift, -inf)  # [I, n]: padding never takes part
+        diag = torch.where(slots[:f, None] == slots[None], -inf, 0.0)  # [F, n]: nor the anchor itself
+        sim = torch.baddbmm(col[:, None, :] + diag, anchors, z.transpose(1, 2))  # [I, F, n]: z_i.z_a / T - 1/T
+        lse = shift + sim.exp().sum(2).log()  # [I, F]: log sum over a != i of exp(z_i.z_a / T)
+        # sum over the other referent pixels p of z_i.z_p / T, as (z_i . sum_p z_p - z_i . z_i) / T
+        fg_sum = (z * (slots[None, :, None] < n_pos[:, None, None])).sum(1)  # [I, C]
+        pos = (anchors @ fg_sum[:, :, None]).squeeze(2) - (anchors * z[:, :f]).sum(2)  # [I, F]
+        per_anchor = lse - pos / (n_pos[:, None] - 1)  # L_i = -mean over p of (z_i.z_p / T - logsumexp_a)
+        is_anchor = slots[None, : anchors.shape[1]] < n_pos[:, None]  # [I, F]
+        per_image = per_anchor.masked_fill(~is_anchor, 0.0).sum(1) / n_pos  # [I]
+        return per_image.mean()
