@@ -25,7 +25,7 @@ def _grads(out: torch.Tensor, inputs: list[torch.Tensor], seed: int = 1) -> list
 
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize(
-    ("size", "out"), [((8, 8), (32, 32)), ((7, 5), (13, 16)), ((32, 32), (8, 4)), ((1, 3), (4, 1))]
+    ("size", "out"), [((8, 8), (32, 32)), ((7, 5), (19, 16)), ((64, 48), (16, 20)), ((1, 3), (16, 17))]
 )
 def test_resize_bilinear_equals_interpolate(size, out, align_corners):
     x = torch.randn(2, 3, *size, requires_grad=True)
@@ -38,11 +38,21 @@ def test_resize_bilinear_equals_interpolate(size, out, align_corners):
     assert resize_bilinear(x, size) is x
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize(("n_in", "n_out"), [(1, 4), (3, 1), (6, 2), (2, 6), (5, 13), (32, 8)])
+def test_interpolation_matrix_is_interpolate_of_the_identity(n_in, n_out, align_corners):
+    from rislib.layers.resize import interpolation_matrix
+
+    eye = torch.eye(n_in)[:, None, None, :]  # [n_in, 1, 1, n_in]: one unit impulse per row
+    ref = F.interpolate(eye, size=(1, n_out), mode="bilinear", align_corners=align_corners)[:, 0, 0].T
+    torch.testing.assert_close(interpolation_matrix(n_in, n_out, align_corners=align_corners), ref)
+
+
 def test_resize_matrices_built_in_inference_mode_serve_training():
     with torch.inference_mode():
-        resize_bilinear(torch.randn(1, 1, 5, 5), (11, 11))
+        resize_bilinear(torch.randn(1, 1, 5, 5), (21, 21))
     x = torch.randn(1, 1, 5, 5, requires_grad=True)
-    resize_bilinear(x, (11, 11)).sum().backward()
+    resize_bilinear(x, (21, 21)).sum().backward()
     assert x.grad is not None
 
 
