@@ -369,8 +369,9 @@ class MagNet(RISModel):
         with half the operator calls. Patch embedding and Swin stage 1 read no words, so they run
         once; the Mask Grounding encoding keeps only what its predictor reads (the final words
         and the stage-4 output), so stages 1-3 compute the decoder's CAM outputs for the clean
-        half only. (In training, Swin's stochastic depth now drops the same stage-1 blocks for
-        both expressions of a sample; later stages draw their drops per row as before.)
+        half only: the second result's ``stages`` hold the stage-4 output alone. (In training,
+        Swin's stochastic depth now drops the same stage-1 blocks for both expressions of a
+        sample; later stages draw their drops per row as before.)
         """
         return self._encode(images, ids, word_mask, mg_ids)
 
