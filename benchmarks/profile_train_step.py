@@ -153,11 +153,17 @@ def format_section(r: dict[str, Any]) -> str:
 _SECTION = re.compile(r"^### (\S+) (\d+) px(.*)$", re.M)
 
 
-def write_report(results: list[dict[str, Any]], path: Path, header: str) -> None:
-    """Write the report; sections of the same model, size and overrides in an existing file are replaced."""
+_RUN = re.compile(r"^- `python benchmarks/profile_train_step\.py[^\n]*$", re.M)
+
+
+def write_report(results: list[dict[str, Any]], path: Path, header: str, run: str) -> None:
+    """Write the report; sections of the same model, size and overrides in an existing file are
+    replaced, and ``run`` (the command line, as a list item) joins the runs already listed."""
     sections: dict[str, str] = {}
+    runs: list[str] = []
     if path.is_file():
         text = path.read_text()
+        runs = _RUN.findall(text)
         starts = [m.start() for m in _SECTION.finditer(text)] + [len(text)]
         for a, b in zip(starts[:-1], starts[1:]):
             body = text[a:b].rstrip() + "\n"
@@ -165,7 +171,8 @@ def write_report(results: list[dict[str, Any]], path: Path, header: str) -> None
     for r in results:
         body = format_section(r)
         sections[body.splitlines()[0]] = body
-    path.write_text(header + "\n" + "\n".join(sections.values()))
+    runs = [r for r in runs if r != run] + [run]
+    path.write_text(header + "\nMade by:\n\n" + "\n".join(runs) + "\n\n" + "\n".join(sections.values()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,14 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"# Training-step profiles, {date}{' (' + args.label + ')' if args.label else ''}\n\n"
         f"Machine: {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} thread(s); "
-        f"commit {_commit()}; 1-minute load average {load:.2f} at the start of the last run (other jobs "
-        f"shared the machine, so absolute times are noisy; the shares and call counts are stable).\n\n"
-        f"Made by `{command.strip()}` (sections of earlier runs the same day are kept; each section names "
-        f"its model, size and config overrides). Batch {args.batch_size}, fp32, eager, `Trainer.train_step` "
-        f"(forward, loss, backward, gradient clipping, AdamW). Self CPU times are the profiler's (its overhead "
-        f"included); the step time above each table is measured without the profiler.\n"
+        f"code at commit {_commit()}. Batch {args.batch_size}, fp32, eager, `Trainer.train_step` (forward, loss, "
+        f"backward, gradient clipping, AdamW). Other jobs shared the machine (1-minute load average noted per "
+        f"run), so absolute times are noisy; shares and call counts are stable. Self CPU times are the "
+        f"profiler's (its overhead included); the step time above each table is measured without the "
+        f"profiler. Each section names its model, size and config overrides.\n"
     )
-    write_report(results, path, header)
+    run = f"- `{command.strip()}` (load average {load:.2f} at its start)"
+    write_report(results, path, header, run)
     print(f"written: {path}")
     return 0
 
