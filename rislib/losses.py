@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from .layers.resize import resize_bilinear
 
 __all__ = [
     "match_size",
@@ -28,10 +30,10 @@ __all__ = [
 
 
 def match_size(logits: Tensor, target: Tensor) -> Tensor:
-    """Bilinearly resize ``logits [B, 1, h, w]`` to the spatial size of ``target``."""
-    if logits.shape[-2:] != target.shape[-2:]:
-        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    return logits
+    """Bilinearly resize ``logits [B, 1, h, w]`` to the spatial size of ``target``
+    (``F.interpolate(..., mode="bilinear", align_corners=False)``, as matrix products on the
+    CPU: :func:`rislib.layers.resize.resize_bilinear`)."""
+    return resize_bilinear(logits, target.shape[-2:])
 
 
 def binary_cross_entropy(logits: Tensor, target: Tensor, pos_weight: float | None = None) -> Tensor:
@@ -119,9 +121,11 @@ def pixel_text_alignment_loss(
         target: ``[B, 1, H, W]`` in ``{0, 1}``.
         temperature: divides the cosine similarity (0.07).
     """
-    f = F.normalize(pixel_embeds.float(), dim=1)
-    t = F.normalize(text_embeds.float(), dim=-1)
-    logits = torch.einsum("bchw,bc->bhw", f, t) / temperature  # [B, h, w]
+    t = F.normalize(text_embeds.float(), dim=-1) / temperature  # [B, C]
+    x = pixel_embeds.float()
+    # cos(f_p, t) / T without a normalised copy of the embeddings: (f_p . t) / max(|f_p|, eps), as F.normalize
+    dots = torch.einsum("bchw,bc->bhw", x, t)  # [B, h, w]
+    logits = dots / torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12)  # [B, h, w]
     y = _target_at(target, tuple(pixel_embeds.shape[-2:])).float()
     return F.binary_cross_entropy_with_logits(logits, y)
 
@@ -149,6 +153,10 @@ def pixel_contrastive_loss(
     over anchors of an image, then over the images with at least two referent pixels; 0
     (connected to the graph) when there is none.
 
+    Computed for all images at once, and only for the rows that are anchors: the similarities
+    ``[referent, sampled]`` (non-referent rows of the full matrix are never used), and the sum
+    over ``P(i)`` as ``z_i . (sum of referent z) - z_i . z_i``, so no ``n x n`` mask is needed.
+
     Args:
         pixel_embeds: ``[B, C, h, w]``.
         target: ``[B, 1, H, W]`` in ``{0, 1}`` (reduced to ``h x w`` by area >= 0.5).
@@ -157,24 +165,43 @@ def pixel_contrastive_loss(
         generator: random generator for the sampling (the global one by default).
     """
     y = _target_at(target, tuple(pixel_embeds.shape[-2:])).flatten(1)  # [B, hw]
-    z_all = F.normalize(pixel_embeds.float().flatten(2), dim=1)  # [B, C, hw]
-    losses = []
+    # which pixels each image samples (referent pixels first), then one batched computation
+    picks, n_fg = [], []
     for b in range(pixel_embeds.shape[0]):
         fg = torch.nonzero(y[b]).squeeze(1)
-        bg = torch.nonzero(~y[b]).squeeze(1)
         if fg.numel() < 2:
             continue
+        bg = torch.nonzero(~y[b]).squeeze(1)
         if fg.numel() > max_samples:
             fg = fg[torch.randperm(fg.numel(), generator=generator, device="cpu")[:max_samples].to(fg.device)]
         if bg.numel() > max_samples:
             bg = bg[torch.randperm(bg.numel(), generator=generator, device="cpu")[:max_samples].to(bg.device)]
-        z = z_all[b][:, torch.cat([fg, bg])].T  # [n, C], referent pixels first
-        sim = z @ z.T / temperature  # [n, n]
-        eye = torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
-        log_prob = sim - torch.logsumexp(sim.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
-        n_fg = fg.numel()
-        pos = ~eye[:n_fg, :n_fg]  # anchors x referent pixels, self excluded
-        losses.append(-(log_prob[:n_fg, :n_fg] * pos).sum(1).div(n_fg - 1).mean())
-    if not losses:
+        picks.append((b, torch.cat([fg, bg])))
+        n_fg.append(fg.numel())
+    if not picks:
         return pixel_embeds.sum() * 0.0
-    return torch.stack(losses).mean()
+    device = pixel_embeds.device
+    images = torch.tensor([b for b, _ in picks], device=device)
+    index = nn.utils.rnn.pad_sequence([i for _, i in picks], batch_first=True)  # [I, n], padded with 0
+    n_all = torch.tensor([i.numel() for _, i in picks], device=device)
+    n_pos = torch.tensor(n_fg, device=device)
+    with torch.autocast(device.type, enabled=False):  # float32 similarities, also under autocast
+        emb = pixel_embeds.float().flatten(2).transpose(1, 2)  # [B, hw, C]
+        z = F.normalize(emb[images[:, None], index], dim=-1)  # [I, n, C], the sampled pixels, referent first
+        slots = torch.arange(index.shape[1], device=device)
+        f = max(n_fg)
+        anchors = z[:, :f] / temperature  # [I, F, C]: rows past an image's referent count are ignored below
+        # similarities are at most 1 / T (unit vectors), so exp(s - 1/T) never overflows: no max pass is needed
+        shift = 1.0 / temperature
+        inf = torch.tensor(float("inf"), device=device)
+        col = torch.where(slots[None] < n_all[:, None], -shift, -inf)  # [I, n]: padding never takes part
+        diag = torch.where(slots[:f, None] == slots[None], -inf, 0.0)  # [F, n]: nor the anchor itself
+        sim = torch.baddbmm(col[:, None, :] + diag, anchors, z.transpose(1, 2))  # [I, F, n]: z_i.z_a / T - 1/T
+        lse = shift + sim.exp().sum(2).log()  # [I, F]: log sum over a != i of exp(z_i.z_a / T)
+        # sum over the other referent pixels p of z_i.z_p / T, as (z_i . sum_p z_p - z_i . z_i) / T
+        fg_sum = (z * (slots[None, :, None] < n_pos[:, None, None])).sum(1)  # [I, C]
+        pos = (anchors @ fg_sum[:, :, None]).squeeze(2) - (anchors * z[:, :f]).sum(2)  # [I, F]
+        per_anchor = lse - pos / (n_pos[:, None] - 1)  # L_i = -mean over p of (z_i.z_p / T - logsumexp_a)
+        is_anchor = slots[None, : anchors.shape[1]] < n_pos[:, None]  # [I, F]
+        per_image = per_anchor.masked_fill(~is_anchor, 0.0).sum(1) / n_pos  # [I]
+        return per_image.mean()

@@ -423,7 +423,7 @@ def test_bench_measures_both_sides_and_merges_result_files(tmp_path):
     assert sides["plain"]["options"]["attention"].startswith("sdpa math") and sides["fast"]["options"]["channels_last"]
     assert len(sides["fast"]["train_samples_per_s_rounds"]) == 2 and sides["fast"]["train_samples_per_s"] > 0
     ratio = sides["fast"]["train_samples_per_s"] / sides["plain"]["train_samples_per_s"]
-    assert rec["speedup_fast_over_plain"]["_trainer_toy"]["train"] == pytest.approx(ratio)
+    assert rec["speedup_fast_over_plain"]["_trainer_toy@32"]["train"] == pytest.approx(ratio)
     path = write_result(rec, tmp_path)
     other = {**rec, "results": [{**r, "model": "other"} for r in rec["results"]],
              "speedup_fast_over_plain": {"other": {"train": 1.0}}}  # fmt: skip

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.blocks import ConvNormAct
+from ..layers.resize import resize_bilinear
 
 __all__ = ["FPNDecoder"]
 
@@ -52,7 +52,7 @@ class FPNDecoder(nn.Module):
         y = self.top(features[-1])  # [B, C_top, h, w] -> [B, dim, h, w]
         for i in reversed(range(len(self.laterals))):
             skip = self.laterals[i](features[i])  # [B, C_i, H_i, W_i] -> [B, dim, H_i, W_i]
-            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False) + skip
+            y = resize_bilinear(y, skip.shape[-2:]) + skip  # bilinear, align_corners=False
             y = self.smooth[i](y)
         return y
 

@@ -18,10 +18,10 @@ is the "w/o position prior" ablation.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.blocks import ConvNormAct
+from ..layers.resize import resize_bilinear
 
 __all__ = ["LightSegmentationHead"]
 
@@ -51,6 +51,6 @@ class LightSegmentationHead(nn.Module):
         if self.use_position_prior:
             if prior is None:
                 raise ValueError("LightSegmentationHead: use_position_prior=True but no prior logits were given")
-            p = F.interpolate(prior.sigmoid(), size=features.shape[-2:], mode="bilinear", align_corners=False)
+            p = resize_bilinear(prior.sigmoid(), features.shape[-2:])  # bilinear, align_corners=False
             features = torch.cat([features, p.to(features.dtype)], dim=1)  # [B, C + 1, H/8, W/8]
         return self.predictor(self.convs(features))  # [B, 1, H/8, W/8]

@@ -72,6 +72,7 @@ from ..layers import (
     sine_position_embedding_2d,
     unflatten_hw,
 )
+from ..layers.resize import resize_bilinear
 
 __all__ = ["MultiScalePixelDecoder", "MaskedQueryDecoder", "masked_attention_bias", "POSITION_EMBEDDINGS"]
 
@@ -239,7 +240,7 @@ class MultiScalePixelDecoder(nn.Module):
         maps = [unflatten_hw(t, h, w) for t, (h, w) in zip(x.split([h * w for h, w in sizes], 1), sizes)]
         for lvl in reversed(range(self.fpn_levels)):  # FPN merge of the finest levels, coarse to fine
             lateral = self.lateral[lvl](features[lvl])  # [B, dim, h, w]
-            up = F.interpolate(maps[0], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            up = resize_bilinear(maps[0], lateral.shape[-2:])  # F.interpolate(bilinear), as matmuls on the CPU
             maps.insert(0, self.output[lvl](lateral + up))
         mask_features = self.mask_features(maps[0])  # [B, dim, H/4, W/4]
         return mask_features, maps[1:][::-1]
@@ -252,7 +253,7 @@ def masked_attention_bias(mask_logits: Tensor, size: tuple[int, int], dtype: tor
     pixels with ``sigmoid < 0.5`` (logit < 0) are blocked (a large negative bias), except in
     rows that would be fully blocked, which are left open. The mask carries no gradient.
     """
-    m = F.interpolate(mask_logits.detach().float(), size=size, mode="bilinear", align_corners=False)
+    m = resize_bilinear(mask_logits.detach().float(), size)  # F.interpolate(bilinear, align_corners=False)
     blocked = m.flatten(2).sigmoid() < 0.5  # [B, Q, h*w]
     blocked = blocked & ~blocked.all(-1, keepdim=True)
     bias = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device)

@@ -24,7 +24,8 @@ Three things are added around the official modules:
 * **Fused attention.** Each block's attention runs through
   ``F.scaled_dot_product_attention`` with the decomposed relative positions passed as an
   additive bias; outputs equal the official explicit-softmax implementation to float
-  rounding (tested), with the same parameters.
+  rounding (tested), with the same parameters. (When training on the CPU, where the fused
+  kernel cannot differentiate through the bias, the kernel's reference steps run directly.)
 
 Sizes (``SAM_VIT_SPECS``): ViT-B (768 wide, 12 blocks, 12 heads, global blocks 2, 5, 8, 11),
 ViT-L (1024, 24, 16; 5, 11, 17, 23), ViT-H (1280, 32, 16; 7, 15, 23, 31), exactly as
@@ -173,6 +174,14 @@ class SamAttention(nn.Module):
             rel_h = torch.einsum("bnhwc,hkc->bnhwk", rq, rh)  # [B, heads, H, W, H_k]
             rel_w = torch.einsum("bnhwc,wkc->bnhwk", rq, rw)  # [B, heads, H, W, W_k]
             bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, self.num_heads, h * w, h * w)
+            if torch.is_grad_enabled() and bias.requires_grad and q.device.type == "cpu":
+                # Training on the CPU: the fused kernel cannot differentiate through the bias and runs its
+                # reference ("math") path, which adds passes over [B, heads, HW, HW] for fully masked rows;
+                # no row is masked here, so the same steps without them (the same numbers, bit for bit).
+                root_scale = (d**-0.5) ** 0.5
+                scores = (q * root_scale) @ (k * root_scale).transpose(-2, -1) + bias  # [B, heads, HW, HW]
+                out = scores.softmax(-1) @ v  # [B, heads, HW, d]
+                return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, heads, HW, d]
         out = out.transpose(1, 2).reshape(b, h, w, -1)  # -> [B, H, W, C]
         return self.proj(out)

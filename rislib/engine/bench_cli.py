@@ -1,7 +1,8 @@
-"""``python -m rislib bench``: training (and inference) speed and memory of every method.
+"""``python -m rislib bench``: training speed, achieved GFLOP/s and memory of every method.
 
-For each method and preset it measures, in the same run, two ways of executing the *same*
-model on the *same* batches with the trainer's own :meth:`~rislib.engine.trainer.Trainer.train_step`:
+For each method, preset and image size it measures, in the same run, two ways of executing
+the *same* model on the *same* batches with the trainer's own
+:meth:`~rislib.engine.trainer.Trainer.train_step`:
 
 * ``plain``: fp32, eager, attention through the reference ("math") kernel of
   ``scaled_dot_product_attention`` (the explicit ``softmax(QK^T)V``), the default
@@ -13,15 +14,28 @@ model on the *same* batches with the trainer's own :meth:`~rislib.engine.trainer
   the fused CPU AdamW and channels-last (and ``--compile`` if asked). The JSON records the
   exact options of each side.
 
-Rounds alternate ``plain`` and ``fast`` (each round builds a fresh model with the same seed,
-warms up, then times ``--steps`` steps) and the median of the rounds is reported, so the
-ratio holds on a noisy machine (the record keeps the machine's load average). Peak memory
-is ``torch.cuda.max_memory_allocated`` per side on CUDA; on the CPU only the process's peak
-resident memory exists (one number for the whole run). Results go to
-``benchmarks/results/bench_<device>_<date>.json`` (rows of the same method, preset and side
-are replaced when the file exists)::
+**Achieved GFLOP/s against a yardstick.** The FLOPs of one training step (matmuls,
+convolutions and attention, forward and backward; :mod:`rislib.engine.flops`) are counted
+once per model, side and size, and turned into GFLOP/s with the measured speed. Next to every
+model the same run trains a plain conv + attention network with the same FLOPs per sample,
+batch size and image size (:class:`~rislib.engine.reference_net.ReferenceNet`), under the same
+side's options; ``gflops_ratio`` = model GFLOP/s / reference GFLOP/s is the figure to read
+(1 = the model runs its FLOPs as efficiently as a plain network; the target is 0.6). It is the
+median over rounds of the ratio within each round, so it holds on a busy machine.
+
+Rounds alternate ``plain`` and ``fast`` and, within a side, the model and its reference
+(each measurement builds a fresh model with the same seed, warms up, then times ``--steps``
+steps); medians over rounds are reported and the record keeps the machine's load average.
+Peak memory is ``torch.cuda.max_memory_allocated`` per side on CUDA; on the CPU only the
+process's peak resident memory exists (one number for the whole run). On the CPU torch runs
+one thread by default here (``--threads``; two threads on a busy two-core machine ran a
+step many times slower). Results go to ``benchmarks/results/bench_<device>_<date>.json``
+(``--label`` adds a suffix; rows of the same method, preset, side and size are replaced when
+the file exists) with a bar chart of the GFLOP/s ratios next to it (``.png``)::
 
     python -m rislib bench                                  # every method, tiny preset, this device
+    python -m rislib bench --sizes 64 128 --sides fast      # two resolutions, fast side only
+    python -m rislib bench --models magnet --sizes 64 128 --set mg_mode=shared
     python -m rislib bench --models magnet xattn --preset paper --batch-size 8 --compile
 """
 
@@ -37,6 +51,8 @@ import re
 import statistics
 import subprocess
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +60,19 @@ import torch
 
 from ..types import Batch
 
-__all__ = ["configure", "main", "run_benchmark", "synthetic_batch", "device_slug"]
+__all__ = [
+    "configure",
+    "main",
+    "run_benchmark",
+    "synthetic_batch",
+    "device_slug",
+    "write_result",
+    "format_table",
+    "plot_ratios",
+    "TARGET_RATIO",
+]
+
+TARGET_RATIO = 0.6  # model GFLOP/s / reference GFLOP/s that every method should reach
 
 SENTENCES = (
     "the small red circle",
@@ -90,19 +118,21 @@ def _options(side: str, device: torch.device, compile_: bool, channels_last: boo
     }
 
 
-def _measure(name: str, preset: str, side: str, *, device: torch.device, batch: Batch, steps: int, warmup: int,
-             compile_: bool, channels_last: bool, infer: bool, seed: int) -> dict[str, Any]:  # fmt: skip
+def _measure(build: Callable[[], Any], *, side: str, device: torch.device, batch: Batch, steps: int, warmup: int,
+             compile_: bool, channels_last: bool, infer: bool, seed: int,
+             count_flops: bool) -> dict[str, Any]:  # fmt: skip
+    """Time ``steps`` training steps (and inference passes) of the model ``build()`` returns."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from ..models import build_model
     from .distributed import DistContext
+    from .flops import count_flops as _count
     from .trainer import TrainConfig, Trainer
 
     torch.manual_seed(seed)
-    model = build_model(name, preset)
+    model = build()
     fast = side == "fast"
     cfg = TrainConfig(
-        out_dir="unused", steps=steps + warmup, batch_size=len(batch), lr=1e-4, grad_clip=1.0, progress=False,
+        out_dir="unused", steps=steps + warmup + 1, batch_size=len(batch), lr=1e-4, grad_clip=1.0, progress=False,
         precision=("bf16" if device.type == "cuda" else "fp32") if fast else "fp32", fused=fast,
         channels_last=fast and channels_last, compile=fast and compile_, device=str(device),
     )  # fmt: skip
@@ -112,17 +142,18 @@ def _measure(name: str, preset: str, side: str, *, device: torch.device, batch: 
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    out: dict[str, Any] = {}
     with attention:
         for _ in range(warmup):
             trainer.train_step(batch)
+        if count_flops:  # one extra, untimed step under the counter
+            out["train_flops_per_step"] = _count(partial(trainer.train_step, batch))
         t0 = time.perf_counter()
         for _ in range(steps):
             trainer.train_step(batch)  # synchronises once per step (loss terms to the host)
         train_s = time.perf_counter() - t0
-        out: dict[str, Any] = {
-            "train_samples_per_s": steps * len(batch) / train_s,
-            "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
-        }
+        out["train_samples_per_s"] = steps * len(batch) / train_s
+        out["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
         if infer:
             model.eval()
             b = trainer._prepare(batch)
@@ -138,7 +169,6 @@ def _measure(name: str, preset: str, side: str, *, device: torch.device, batch: 
                     torch.cuda.synchronize(device)
             out["infer_samples_per_s"] = steps * len(batch) / (time.perf_counter() - t0)
     out["params_m"] = model.num_parameters() / 1e6
-    out["image_size"] = model.config.image_size
     del trainer, model
     gc.collect()
     return out
@@ -147,66 +177,111 @@ def _measure(name: str, preset: str, side: str, *, device: torch.device, batch: 
 def run_benchmark(
     models: list[str], *, preset: str = "tiny", batch_size: int = 16, steps: int = 10, warmup: int = 3,
     rounds: int = 2, device: str = "auto", compile_: bool = False, channels_last: bool = True, infer: bool = True,
-    seed: int = 0, progress: bool = True,
+    seed: int = 0, progress: bool = True, sizes: Sequence[int] | None = None, sides: Sequence[str] = ("plain", "fast"),
+    reference: bool = True, overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Measure every model in ``models`` at ``preset`` (see the module docstring); returns the record."""
+    """Measure every model in ``models`` at ``preset`` (see the module docstring); returns the record.
+
+    ``sizes``: image sizes to train at (the model is built with ``image_size=size``; default:
+    the preset's). ``sides``: ``"plain"`` and/or ``"fast"``. ``reference``: also train the
+    FLOP-matched :class:`~rislib.engine.reference_net.ReferenceNet` next to each model.
+    ``overrides``: config fields applied to every model (rows are labelled ``name[key=value]``).
+    """
     from tqdm.auto import tqdm
 
-    from ..models import get_config
+    from ..models import build_model, get_config
     from .distributed import resolve_device
+    from .reference_net import ReferenceNet, fit_reference_width
 
+    bad = [s for s in sides if s not in ("plain", "fast")]
+    if bad or not sides:
+        raise ValueError(f"run_benchmark: sides must be 'plain' and/or 'fast', got {list(sides)}")
     dev = resolve_device(device)
     load_start = _load_average()
-    rows: list[dict[str, Any]] = []
-    jobs = [(m, r, side) for m in models for r in range(rounds) for side in (("plain", "fast") if r % 2 == 0 else
-                                                                           ("fast", "plain"))]  # fmt: skip
-    per: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    sides = tuple(dict.fromkeys(sides))
+    overrides = dict(overrides or {})
+    suffix = "[" + ",".join(f"{k}={v}" for k, v in overrides.items()) + "]" if overrides else ""
+    jobs = []
+    for m in models:
+        for size in sizes or [get_config(m, preset).image_size]:
+            for r in range(rounds):
+                for side in sides if r % 2 == 0 else sides[::-1]:
+                    jobs.append((m, int(size), r, side))
+    per: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    fits: dict[tuple[str, int], Any] = {}
+    common = dict(device=dev, steps=steps, warmup=warmup, compile_=compile_, channels_last=channels_last, seed=seed)
     bar = tqdm(jobs, desc="bench", disable=not progress)
-    for name, _r, side in bar:
-        bar.set_postfix_str(f"{name} {side}")
-        size = get_config(name, preset).image_size
+    for name, size, r, side in bar:
+        bar.set_postfix_str(f"{name} {size}px {side}")
         batch = synthetic_batch(batch_size, size, seed)
-        per.setdefault((name, side), []).append(
-            _measure(
-                name,
-                preset,
-                side,
-                device=dev,
-                batch=batch,
-                steps=steps,
-                warmup=warmup,
-                compile_=compile_,
-                channels_last=channels_last,
-                infer=infer,
-                seed=seed,
-            )  # fmt: skip
-        )
-    for name in models:
-        for side in ("plain", "fast"):
-            runs = per[(name, side)]
-            row = {
-                "model": name,
-                "preset": preset,
-                "side": side,
-                "options": _options(side, dev, compile_, channels_last),
-                "params_m": runs[0]["params_m"],
-                "image_size": runs[0]["image_size"],
-                "batch_size": batch_size,
-                "train_samples_per_s": statistics.median(r["train_samples_per_s"] for r in runs),
-                "train_samples_per_s_rounds": [r["train_samples_per_s"] for r in runs],
-                "peak_memory_mb": max(
-                    (r["peak_memory_mb"] for r in runs if r["peak_memory_mb"] is not None), default=None
-                ),  # fmt: skip
-            }
-            if infer:
-                row["infer_samples_per_s"] = statistics.median(r["infer_samples_per_s"] for r in runs)
-            rows.append(row)
-    speedups = {}
-    for name in models:
-        p, f = (next(r for r in rows if r["model"] == name and r["side"] == s) for s in ("plain", "fast"))
-        speedups[name] = {"train": f["train_samples_per_s"] / p["train_samples_per_s"]}
+        key = (name, size, side)
+        # the first round of each side counts the FLOPs
+        opts = dict(side=side, batch=batch, count_flops=key not in per, **common)
+        build = partial(build_model, name, preset, image_size=size, **overrides)
+        run_model = partial(_measure, build, infer=infer, **opts)
+        if not reference:
+            result = {"model": run_model()}
+        elif (name, size) not in fits or r % 2 == 0:  # model first (it sizes the reference), then the reference
+            got = run_model()
+            if (name, size) not in fits:
+                fits[(name, size)] = fit_reference_width(got["train_flops_per_step"] / batch_size, size)
+            build_ref = partial(ReferenceNet, fits[(name, size)].width, image_size=size)
+            result = {"model": got, "reference": _measure(build_ref, infer=False, **opts)}
+        else:  # odd rounds: the reference first, so slow drifts of the machine's load cancel
+            build_ref = partial(ReferenceNet, fits[(name, size)].width, image_size=size)
+            ref = _measure(build_ref, infer=False, **opts)
+            result = {"model": run_model(), "reference": ref}
+        per.setdefault(key, []).append(result)
+
+    rows: list[dict[str, Any]] = []
+    for (name, size, side), runs in per.items():
+        ms = [run["model"] for run in runs]
+        flops = next(m["train_flops_per_step"] for m in ms if "train_flops_per_step" in m)
+        row: dict[str, Any] = {
+            "model": name,
+            "label": name + suffix,
+            "overrides": overrides,
+            "preset": preset,
+            "side": side,
+            "options": _options(side, dev, compile_, channels_last),
+            "params_m": ms[0]["params_m"],
+            "image_size": size,
+            "batch_size": batch_size,
+            "train_samples_per_s": statistics.median(m["train_samples_per_s"] for m in ms),
+            "train_samples_per_s_rounds": [m["train_samples_per_s"] for m in ms],
+            "peak_memory_mb": max((m["peak_memory_mb"] for m in ms if m["peak_memory_mb"] is not None), default=None),
+            "train_flops_per_sample": flops / batch_size,
+        }  # fmt: skip
+        row["train_gflops_per_s"] = row["train_flops_per_sample"] * row["train_samples_per_s"] / 1e9
         if infer:
-            speedups[name]["infer"] = f["infer_samples_per_s"] / p["infer_samples_per_s"]
+            row["infer_samples_per_s"] = statistics.median(m["infer_samples_per_s"] for m in ms)
+        if reference:
+            refs = [run["reference"] for run in runs]
+            ref_flops = next(x["train_flops_per_step"] for x in refs if "train_flops_per_step" in x) / batch_size
+            ratios = [
+                (row["train_flops_per_sample"] * m["train_samples_per_s"]) / (ref_flops * x["train_samples_per_s"])
+                for m, x in zip(ms, refs)
+            ]
+            ref_speed = statistics.median(x["train_samples_per_s"] for x in refs)
+            row["reference"] = {
+                "width": fits[(name, size)].width,
+                "params_m": refs[0]["params_m"],
+                "train_flops_per_sample": ref_flops,
+                "train_samples_per_s": ref_speed,
+                "train_samples_per_s_rounds": [x["train_samples_per_s"] for x in refs],
+                "train_gflops_per_s": ref_flops * ref_speed / 1e9,
+            }
+            row["gflops_ratio"] = statistics.median(ratios)
+            row["gflops_ratio_rounds"] = ratios
+        rows.append(row)
+    speedups = {}
+    if set(sides) == {"plain", "fast"}:
+        for name, size in dict.fromkeys((r["label"], r["image_size"]) for r in rows):
+            p, f = (next(r for r in rows if (r["label"], r["image_size"], r["side"]) == (name, size, s))
+                    for s in ("plain", "fast"))  # fmt: skip
+            speedups[f"{name}@{size}"] = {"train": f["train_samples_per_s"] / p["train_samples_per_s"]}
+            if infer:
+                speedups[f"{name}@{size}"]["infer"] = f["infer_samples_per_s"] / p["infer_samples_per_s"]
     peak_rss = None
     with contextlib.suppress(ImportError):
         import resource
@@ -228,14 +303,21 @@ def run_benchmark(
             "compile": compile_,
             "channels_last": channels_last,
             "seed": seed,
+            "sizes": sorted({r["image_size"] for r in rows}),
+            "sides": list(sides),
+            "reference": reference,
         },  # fmt: skip
         "process_peak_rss_mb": peak_rss,
         "load_average_1min": {"start": load_start, "end": _load_average()},
         "results": rows,
         "speedup_fast_over_plain": speedups,
+        "target_gflops_ratio": TARGET_RATIO,
         "notes": (
             "samples/s = median over rounds that alternate plain and fast; synthetic RefShapes-like batches; "
-            "each step = forward, loss, backward, clip, AdamW, schedule (Trainer.train_step). "
+            "each step = forward, loss, backward, clip, AdamW, schedule (Trainer.train_step). FLOPs = matmul, "
+            "convolution and attention FLOPs of one step, forward + backward (rislib.engine.flops). "
+            "gflops_ratio = median over rounds of (model GFLOP/s) / (GFLOP/s of the FLOP-matched ReferenceNet "
+            "measured next to it in the same round and side). "
             + (
                 ""
                 if dev.type == "cuda"
@@ -262,29 +344,87 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def write_result(record: dict[str, Any], out_dir: str | Path = "benchmarks/results") -> Path:
-    """Write (or merge into) ``bench_<device>_<date>.json``; returns its path."""
+def _row_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    overrides = json.dumps(r.get("overrides") or {}, sort_keys=True)
+    return r["model"], overrides, r["preset"], r["side"], r.get("image_size")
+
+
+def write_result(
+    record: dict[str, Any], out_dir: str | Path = "benchmarks/results", plot: bool = True, label: str = ""
+) -> Path:
+    """Write (or merge into) ``bench_<device>_<date>[_<label>].json`` and, with ``plot``, its ratio
+    chart (``.png``, when the record has reference ratios); returns the JSON's path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench_{record['device_slug']}_{record['date']}.json"
+    path = out / f"bench_{record['device_slug']}_{record['date']}{'_' + label if label else ''}.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        new_keys = {(r["model"], r["preset"], r["side"]) for r in record["results"]}
-        kept = [r for r in old.get("results", []) if (r["model"], r["preset"], r["side"]) not in new_keys]
+        new_keys = {_row_key(r) for r in record["results"]}
+        kept = [r for r in old.get("results", []) if _row_key(r) not in new_keys]
         record = {**record, "results": kept + record["results"],
                   "speedup_fast_over_plain": {**old.get("speedup_fast_over_plain", {}),
                                               **record["speedup_fast_over_plain"]}}  # fmt: skip
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    if plot and any("gflops_ratio" in r for r in record["results"]):
+        plot_ratios(record, path.with_suffix(".png"))
     return path
 
 
+def plot_ratios(record: dict[str, Any], path: str | Path | None = None):
+    """Bar chart of ``gflops_ratio`` per method (one bar per image size and side) with the
+    target line; saved to ``path`` when given. Returns the matplotlib ``Figure``."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in record["results"] if "gflops_ratio" in r]
+    models = list(dict.fromkeys(r.get("label", r["model"]) for r in rows))
+    series = sorted({(r["side"], r["image_size"]) for r in rows}, key=lambda s: (s[0] != "fast", s[1]))
+    fig = Figure(figsize=(1.6 + 1.3 * len(models), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(series))
+    sides = {side for side, _ in series}
+    for k, (side, size) in enumerate(series):
+        xs, ys = [], []
+        for i, m in enumerate(models):
+            row = next((r for r in rows if (r.get("label", r["model"]), r["side"], r["image_size"]) == (m, side, size)),
+                       None)  # fmt: skip
+            if row is not None:
+                xs.append(i + (k - (len(series) - 1) / 2) * width)
+                ys.append(row["gflops_ratio"])
+        label = f"{size} px" if len(sides) == 1 else f"{size} px, {side}"
+        bars = ax.bar(xs, ys, width, label=label, hatch=None if side == "fast" else "//")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    target = record.get("target_gflops_ratio", TARGET_RATIO)
+    ax.axhline(target, color="k", ls="--", lw=1, label=f"target {target:.0%}")
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel("model GFLOP/s / reference GFLOP/s")
+    settings = record.get("settings", {})
+    ax.set_title(
+        f"{record.get('device', '')}, {record.get('threads', '?')} thread(s), {settings.get('preset', '')} preset, "
+        f"batch {settings.get('batch_size', '?')}" + ("" if len(sides) > 1 else f", {next(iter(sides))} side"),
+        fontsize=9,
+    )
+    ax.legend(fontsize=8, ncols=len(series) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    ax.set_ylim(0, max([target * 1.2] + [r["gflops_ratio"] * 1.15 for r in rows]))
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
 def format_table(record: dict[str, Any]) -> str:
-    lines = [f"{'model':<8} {'preset':<6} {'side':<5} {'params M':>8} {'train/s':>9} {'infer/s':>9} {'peak MB':>8}"]
+    width = max([8] + [len(r.get("label", r["model"])) for r in record["results"]])
+    lines = [f"{'model':<{width}} {'preset':<6} {'px':>4} {'side':<5} {'params M':>8} {'train/s':>8} {'GFLOP/s':>8} "
+             f"{'ref GF/s':>8} {'ratio':>6} {'infer/s':>8} {'peak MB':>8}"]  # fmt: skip
     for r in record["results"]:
         mem = f"{r['peak_memory_mb']:.0f}" if r.get("peak_memory_mb") is not None else "-"
         inf = f"{r['infer_samples_per_s']:.1f}" if "infer_samples_per_s" in r else "-"
-        lines.append(f"{r['model']:<8} {r['preset']:<6} {r['side']:<5} {r['params_m']:>8.2f} "
-                     f"{r['train_samples_per_s']:>9.1f} {inf:>9} {mem:>8}")  # fmt: skip
+        gf = f"{r['train_gflops_per_s']:.1f}" if "train_gflops_per_s" in r else "-"
+        ref = f"{r['reference']['train_gflops_per_s']:.1f}" if "reference" in r else "-"
+        ratio = f"{r['gflops_ratio']:.2f}" if "gflops_ratio" in r else "-"
+        lines.append(f"{r.get('label', r['model']):<{width}} {r['preset']:<6} {r.get('image_size', '-'):>4} "
+                     f"{r['side']:<5} {r['params_m']:>8.2f} {r['train_samples_per_s']:>8.1f} {gf:>8} {ref:>8} "
+                     f"{ratio:>6} {inf:>8} {mem:>8}")  # fmt: skip
     for m, s in record["speedup_fast_over_plain"].items():
         lines.append(f"{m}: fast / plain = {s['train']:.2f}x train" + (f", {s['infer']:.2f}x inference"
                                                                        if "infer" in s else ""))  # fmt: skip
@@ -294,6 +434,8 @@ def format_table(record: dict[str, Any]) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=None, help="methods (default: every registered one)")
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--sizes", nargs="+", type=int, default=None, help="image sizes (default: the preset's)")
+    parser.add_argument("--sides", nargs="+", default=["plain", "fast"], choices=["plain", "fast"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round and side")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -302,13 +444,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile on the fast side")
     parser.add_argument("--no-channels-last", action="store_true", help="keep NCHW on the fast side")
     parser.add_argument("--no-infer", action="store_true", help="skip the inference measurement")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-reference", action="store_true", help="skip the FLOP-matched reference network")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="model config overrides for every model (e.g. mg_mode=shared)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1; 0 = torch's choice)")  # fmt: skip
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--label", default="", help="added to the result file's name (e.g. the code version)")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def main(args: argparse.Namespace) -> int:
     from ..models import available
+    from .train_cli import parse_assignments
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -316,9 +464,10 @@ def main(args: argparse.Namespace) -> int:
     record = run_benchmark(
         models, preset=args.preset, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
         rounds=args.rounds, device=args.device, compile_=args.compile, channels_last=not args.no_channels_last,
-        infer=not args.no_infer, progress=not args.no_progress,
+        infer=not args.no_infer, progress=not args.no_progress, sizes=args.sizes, sides=args.sides,
+        reference=not args.no_reference, overrides=parse_assignments(args.set),
     )  # fmt: skip
-    path = write_result(record, args.out)
+    path = write_result(record, args.out, label=args.label)
     print(format_table(record))
-    print(f"written: {path}")
+    print(f"written: {path}" + (f" and {path.with_suffix('.png')}" if path.with_suffix(".png").is_file() else ""))
     return 0

@@ -68,12 +68,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.attention import MultiHeadAttention
 from ..layers.blocks import MLP, LayerNorm2d, flatten_hw, masked_mean, sine_position_embedding_2d, unflatten_hw
 from ..layers.recording import record
+from ..layers.resize import resize_bilinear
 
 __all__ = [
     "FEEDBACK_MODES",
@@ -361,7 +361,7 @@ class HierarchicalHumanLikeFusion(nn.Module):
                 )
             h, w = x.shape[-2:]
             if above is not None:  # top-down residual from the coarser fused level
-                x = x + F.interpolate(above, size=(h, w), mode="bilinear", align_corners=False)
+                x = x + resize_bilinear(above, (h, w))  # bilinear, align_corners=False
             if i < len(self.blocks):
                 pos = sine_position_embedding_2d(h, w, self.dim, x.device, x.dtype)[None]  # [1, HW, C]
                 out = self.blocks[i](flatten_hw(x), pos, words, word_mask, sentence)

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..layers.attention import MultiHeadAttention
 from ..layers.blocks import coord_features, flatten_hw, sine_position_embedding_2d, unflatten_hw
-from ..layers.recording import record
+from ..layers.recording import is_recording, record
 
 __all__ = [
     "LEAKY_SLOPE",
@@ -206,7 +206,8 @@ class RelevanceFilter(nn.Module):
     def forward(self, features: Tensor, sentence: Tensor) -> Tensor:
         k = self.kernel(sentence).to(features.dtype)  # [B, C_t] -> [B, C], one 1x1 kernel per sample
         response = torch.einsum("bchw,bc->bhw", features, k).unsqueeze(1) * self.scale  # [B, 1, H, W]
-        record(self, "relevance", response.sigmoid())
+        if is_recording():  # the map is made only for a recorder
+            record(self, "relevance", response.sigmoid())
         return response
 
 
@@ -354,5 +355,6 @@ class CrossModalLocator(nn.Module):
             relevance = self.relevance_filter(features, sentence)  # [B, 1, H, W]
             x = features * relevance.sigmoid()  # filtered cross-modal features
         prior = relevance if self.transformer is None else self.transformer(x, words, word_mask)
-        record(self, "location", prior.sigmoid())
+        if is_recording():
+            record(self, "location", prior.sigmoid())
         return prior, relevance

@@ -21,11 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.attention import MultiHeadAttention
 from ..layers.blocks import MLP, flatten_hw, unflatten_hw
+from ..layers.resize import resize_bilinear
 
 __all__ = ["LearnedPositionEmbedding2d", "PixelWordAttentionLayer", "PixelWordTransformer"]
 
@@ -49,7 +49,7 @@ class LearnedPositionEmbedding2d(nn.Module):
         """Embedding ``[1, H*W, dim]`` for an ``h x w`` grid."""
         table = self.table
         if table.shape[-2:] != (h, w):
-            table = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)
+            table = resize_bilinear(table, (h, w))  # bilinear, align_corners=False
         return flatten_hw(table)  # [1, dim, H, W] -> [1, HW, dim]
 
 
@@ -129,7 +129,7 @@ class PixelWordTransformer(nn.Module):
             raise ValueError(f"PixelWordTransformer: expected {len(self.visual_proj)} visual maps, got {len(visual)}")
         x = self.visual_proj[0](visual[0])  # [B, C_0, H, W] -> [B, dim, H, W]
         for proj, v in zip(self.visual_proj[1:], visual[1:]):
-            x = x + F.interpolate(proj(v), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = x + resize_bilinear(proj(v), x.shape[-2:])  # bilinear, align_corners=False
         return x
 
     def forward(self, visual: Sequence[Tensor], words: Tensor, word_mask: Tensor, sentence: Tensor) -> Tensor:

@@ -72,7 +72,9 @@ Training (the paper's loss code is not released; docs/methods/magnet.md#this-pro
   clean expression, as the interpretation table proposes, and runs a second encoder pass,
   vision and language both, with the masked one for the predictor: the visual stream fuses words at
   every stage, so visual features computed with the clean expression could carry the masked
-  word and make its prediction trivial. The price is twice the encoder cost in training.
+  word and make its prediction trivial. The price is a second encoding in training, batched
+  with the first in one pass (:meth:`MagNet.encode_pair`: stage 1 is shared, and the masked
+  half skips the CAMs its predictor does not read).
   ``"shared"`` runs one pass with the masked expression for both tasks (no extra cost;
   segmentation then also learns from corrupted expressions, BERT-style noise).
 * ``L_CAL`` (Cross-modal Alignment Loss, :mod:`rislib.losses`): pixel-to-text BCE between
@@ -106,6 +108,7 @@ from ..losses import (
     binary_cross_entropy,
     dice_loss,
     masked_token_loss,
+    match_size,
     pixel_contrastive_loss,
     pixel_text_alignment_loss,
 )
@@ -275,15 +278,20 @@ class MagNetStageFusion(nn.Module):
         )
         self.language_gate = LanguageGate(dim=text_dim, act="relu")
 
-    def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, words: Tensor, word_mask: Tensor, *, out_batch: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``out_batch``: compute ``out`` for the first ``out_batch`` samples only (the others'
+        decoder input is not needed); ``x_next`` and ``words_next`` cover the whole batch."""
         b, h, w, c = x.shape
+        n = b if out_batch is None else out_batch
         tokens = x.reshape(b, h * w, c)  # [B, h, w, C] -> [B, hw, C]
         fused = self.pwam(tokens, words, word_mask)  # F [B, hw, C], from the pre-fusion tokens
         x_next = tokens + self.image_gate(fused)
         if self.cam is not None:
-            out = self.cam(x.permute(0, 3, 1, 2), fused, words, word_mask)  # [B, hw, C]
+            out = self.cam(x[:n].permute(0, 3, 1, 2), fused[:n], words[:n], word_mask[:n])  # [n, hw, C]
         else:
-            out = fused
+            out = fused[:n]
         words_next = words + self.language_gate(self.language_pwam(words, word_mask, tokens))
         return unflatten_hw(out, h, w), x_next.view(b, h, w, c), words_next
 
@@ -445,24 +453,52 @@ class MagNet(RISModel):
 
         ``images [B, 3, H, W]`` in ``[0, 1]``, any size: normalised, then zero-padded on the
         right and bottom to a multiple of 4 (the released ``PatchEmbed``'s padding)."""
+        return self._encode(images, ids, word_mask)[0]
+
+    def encode_pair(self, images: Tensor, ids: Tensor, mg_ids: Tensor, word_mask: Tensor) -> tuple[_Encoded, _Encoded]:
+        """:meth:`encode` of the clean ``ids`` and of the masked ``mg_ids`` (``mg_mode="separate"``).
+
+        One pass over a ``2B`` batch instead of two passes: the same values (to float rounding)
+        with half the operator calls. Patch embedding and Swin stage 1 read no words, so they run
+        once; the Mask Grounding encoding keeps only what its predictor reads (the final words
+        and the stage-4 output), so stages 1-3 compute the decoder's CAM outputs for the clean
+        half only: the second result's ``stages`` hold the stage-4 output alone. (In training,
+        Swin's stochastic depth now drops the same stage-1 blocks for both expressions of a
+        sample; later stages draw their drops per row as before.)
+        """
+        return self._encode(images, ids, word_mask, mg_ids)
+
+    def _encode(
+        self, images: Tensor, ids: Tensor, word_mask: Tensor, mg_ids: Tensor | None = None
+    ) -> tuple[_Encoded, _Encoded | None]:
         from transformers.masking_utils import create_bidirectional_mask
 
         body = self.vision_encoder.body
         bert = self.text_encoder.bert
+        b = ids.shape[0]
+        pair = mg_ids is not None
+        if pair:
+            ids, word_mask = torch.cat([ids, mg_ids]), torch.cat([word_mask, word_mask])  # [2B, N]
         x = self.vision_encoder.normalize(images)
         h, w = x.shape[-2:]
         x = F.pad(x, (0, -w % 4, 0, -h % 4))  # [B, 3, H', W'], multiples of 4
         x = body.patch_embed(x)  # [B, 3, H', W'] -> [B, H'/4, W'/4, C]
-        words = bert.embeddings(input_ids=ids)  # [B, N, D]
+        words = bert.embeddings(input_ids=ids)  # [B or 2B, N, D]
         attn_mask = create_bidirectional_mask(config=bert.config, inputs_embeds=words, attention_mask=word_mask)
         stages, start = [], 0
-        for stage, fusion, end in zip(body.layers, self.fusions, self.bert_cut):
+        for s, (stage, fusion, end) in enumerate(zip(body.layers, self.fusions, self.bert_cut)):
             x = stage(x)  # [B, h, w, C_s] (patch merging first from stage 2 on)
+            if pair and s == 0:
+                x = torch.cat([x, x])  # stage 1 read no words: both expressions start from it, [2B, h, w, C]
             words = self._bert_layers(words, attn_mask, start, end)
             start = end
-            out, x, words = fusion(x, words, word_mask)
+            last = s == len(self.fusions) - 1
+            out, x, words = fusion(x, words, word_mask, out_batch=None if last or not pair else b)
             stages.append(out)
-        return _Encoded(stages=stages, words=words)
+        if not pair:
+            return _Encoded(stages=stages, words=words), None
+        clean = _Encoded(stages=stages[:-1] + [stages[-1][:b]], words=words[:b])
+        return clean, _Encoded(stages=[stages[-1][b:]], words=words[b:])
 
     # ---- the interface --------------------------------------------------------------------
     def forward(self, batch: Batch) -> ModelOutput:
@@ -484,8 +520,12 @@ class MagNet(RISModel):
                 special_ids=tok.special_ids, ratio=cfg.mg_ratio,
             )
             aux["mg_input_ids"], aux["mg_targets"] = mg_ids, mg_targets
-        seg_ids = mg_ids if grounding and cfg.mg_mode == "shared" else ids
-        enc = self.encode(images, seg_ids, word_mask)
+        mg_enc = None
+        if grounding and cfg.mg_mode == "separate":
+            enc, mg_enc = self.encode_pair(images, ids, mg_ids, word_mask)
+        else:
+            enc = self.encode(images, mg_ids if grounding else ids, word_mask)
+            mg_enc = enc if grounding else None
         mask_features, multi_scale = self.pixel_decoder(enc.stages)  # [B, dim, H/4, W/4], [s32, s16, s8]
         preds = self.decoder(multi_scale, mask_features)
         masks_all = torch.stack([p["mask_logits"][:, 0] for p in preds], dim=1)  # [B, P, H/4, W/4]
@@ -497,8 +537,7 @@ class MagNet(RISModel):
         aux["class_logits_all"] = classes_all
         aux["pixel_embeds"] = mask_features
         aux["text_embed"] = self.lang_proj(masked_mean(enc.words, word_mask))  # [B, dim]
-        if grounding:
-            mg_enc = enc if cfg.mg_mode == "shared" else self.encode(images, mg_ids, word_mask)
+        if mg_enc is not None:
             emb = self.text_encoder.bert.embeddings.word_embeddings.weight
             aux["mg_logits"] = self.mask_grounding(mg_enc.words, word_mask, mg_enc.stages[-1], batch.masks, emb)
         return ModelOutput(logits=logits, aux=aux)
@@ -554,6 +593,7 @@ class MagNet(RISModel):
         if bool(has_target.any()):
             m = masks_all[has_target].reshape(-1, 1, *masks_all.shape[-2:])  # [B'P, 1, h, w]
             t = target[has_target].repeat_interleave(p, dim=0)  # [B'P, 1, H, W]
+            m = match_size(m, t)  # upsampled once for both terms, [B'P, 1, H, W]
             bce, dice = binary_cross_entropy(m, t) * p, dice_loss(m, t) * p
         else:
             bce = dice = masks_all.sum() * 0.0
