@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_session.sh prepare              # here, once: fill .whl/ (git-ignored)
 #   bash benchmarks/gpu_session.sh [session options]    # on the GPU machine, with .whl carried
+#   bash benchmarks/gpu_session.sh ablations [options]  # the ablation study instead (gpu_ablations.py)
 #
 # The dry run needs no wheels: `python benchmarks/gpu_session.py --dry-run` here.
 #
@@ -32,6 +33,12 @@ PY
     exit 0
 fi
 
+script=benchmarks/gpu_session.py
+if [[ "${1:-}" == ablations ]]; then
+    script=benchmarks/gpu_ablations.py
+    shift
+fi
+
 export RISLIB_SESSION_T0=${RISLIB_SESSION_T0:-$(date +%s.%N)}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg TOKENIZERS_PARALLELISM=false
 python=${PYTHON:-python3}
@@ -50,4 +57,4 @@ else
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "$("$python" --version 2>&1) at $(command -v "$python"); $(getconf _NPROCESSORS_ONLN) CPUs"
-exec "$python" benchmarks/gpu_session.py "$@"
+exec "$python" "$script" "$@"
