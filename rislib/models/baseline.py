@@ -143,7 +143,7 @@ class _BaselineBase(RISModel):
         return {"bce": bce, "dice": dice, "total": total}
 
 
-_TINY_VISION: dict[str, Any] = {"widths": (32, 64, 96, 128)}
+_TINY_VISION: dict[str, Any] = {"widths": (32, 64, 96, 128), "coords": True}
 _TINY_TEXT: dict[str, Any] = {"dim": 64, "depth": 2, "num_heads": 4}
 # The paper-size backbones of the LTS comparison (DarkNet-53 + bi-GRU,
 # docs/methods/lts.md#recalled-details), with DarkNet's stride-4 stage tapped too for the

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Train the shipped tiny models (benchmarks/checkpoints/<method>-tiny-refshapes) on the CPU.
+#
+#   bash benchmarks/train_shipped.sh DATA RUNS METHOD [METHOD ...]
+#
+# DATA: RefShapes rendered at 128 px (`python -m rislib data refshapes --out DATA --size 128`);
+# RUNS: parent of the run folders. Methods run one after the other with one CPU thread each
+# (two queues share two cores). Each run is the `cpu` recipe with a length sized so that it
+# takes roughly 35-40 minutes of one core (benchmarks/checkpoints/README.md lists the measured
+# times); an interrupted run continues where it stopped (--resume). Afterwards
+# `python benchmarks/ship_checkpoint.py` evaluates a run and writes its shipped folder.
+set -euo pipefail
+data=$1; runs=$2; shift 2
+
+steps_of() {  # optimiser steps of batch 16 per method
+  case $1 in
+    concat) echo 13000 ;; xattn) echo 12000 ;; lts) echo 8500 ;;
+    haris) echo 7000 ;; maris) echo 6000 ;; magnet) echo 3600 ;;
+    *) echo "unknown method $1" >&2; return 1 ;;
+  esac
+}
+
+run_one() {
+  local method=$1 steps out
+  steps=$(steps_of "$method")
+  out=$runs/$method
+  local resume=()
+  [ -d "$out/checkpoints" ] && resume=(--resume)
+  OMP_NUM_THREADS=1 python -m rislib train --model "$method" --preset tiny --data "$data" --recipe cpu \
+    --steps "$steps" --threads 1 --preload on --out "$out" --no-progress "${resume[@]}" \
+    --train val_every=$((steps / 4)) --train save_every=500 --train log_every=50
+}
+
+for method in "$@"; do run_one "$method"; done
