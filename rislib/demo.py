@@ -5,8 +5,9 @@
 2. trains the ``tiny`` preset of a method (``--model``, default ``xattn``) on the CPU with
    the ``cpu`` recipe (most steps at 64 px, the last 40% at 128 px) for at most
    ``--max-minutes`` (5), with a progress bar; the number of steps is sized to the budget
-   from a short timing at both sides first, so the learning-rate schedule runs to its end; an earlier demo run in ``runs/demo/<model>_<preset>`` is moved aside
-   (to ``<model>_<preset>.replaced-<time>``), never deleted;
+   from a short timing at both sides first, so the learning-rate schedule runs to its end;
+   an earlier demo run in ``runs/demo/<model>_<preset>`` is moved aside (to
+   ``<model>_<preset>.replaced-<time>``), never deleted;
 3. evaluates it on val, testA (appearance words), testB (spatial words) and testC (unseen
    colour-shape pairs) and prints the metrics table;
 4. draws predictions beside the ground truth (``figures/demo_predictions.png``) and the
@@ -58,7 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="data/refshapes_demo", help="RefShapes root, generated when missing")
     p.add_argument("--size", type=int, default=128, help="image side of the generated RefShapes")
     p.add_argument("--counts", default=None, metavar="SPLIT=N,...",
-                   help="images per split when generating (default: 4000 train, 100 in each of the others)")  # fmt: skip
+                   help="images per split when generating (default: 4000 train, 100 in each other split)")  # fmt: skip
     p.add_argument("--out", default="runs/demo", help="run folder (a sub-folder per method)")
     p.add_argument("--figures", default="figures", help="where demo_*.png go")
     p.add_argument("--max-minutes", type=float, default=5.0, help="training time budget (default 5)")
