@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..atomic import atomic_write
 from ..types import Batch
 from .errors import DataFormatError
 from .transforms import RESIZE_MODES, flip_expression, image_to_tensor, mask_to_tensor, resize_pair
@@ -259,14 +260,10 @@ class RISDataset(Dataset):
                 boxes[i] = (letterbox.scale, *letterbox.offset, *letterbox.resized)
         self._preloaded = {"images": images, "masks": masks, "rows": rows, "orig": orig, "letterbox": boxes}
         if path is not None:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            arrays = self._preloaded
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(tmp, "wb") as f:
-                    np.savez(f, **self._preloaded)
-                os.replace(tmp, path)
+                atomic_write(path, lambda f: np.savez(f, **arrays))
             except OSError as e:  # a read-only data root: the arrays stay in memory only
-                tmp.unlink(missing_ok=True)
                 warnings.warn(f"{path}: could not save the preloaded arrays ({e})", stacklevel=2)
         return self
 

@@ -52,6 +52,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
+from ..atomic import atomic_write
 from .refshapes_candidates import (
     multi_candidates,
     none_candidates,
@@ -376,9 +377,7 @@ def _write_atomic(path: Path, data: bytes) -> Path | None:
             k += 1
         os.replace(path, aside)
         warnings.warn(f"{path}: an existing file with other content was moved to {aside.name}", stacklevel=3)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return aside
 
 

@@ -49,7 +49,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -58,6 +57,7 @@ from typing import Any
 
 import torch
 
+from ..provenance import git_commit
 from ..types import Batch
 
 __all__ = [
@@ -293,7 +293,7 @@ def run_benchmark(
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "date": _dt.date.today().isoformat(),
-        "commit": _git_commit(),
+        "commit": git_commit(short=True),
         "settings": {
             "preset": preset,
             "batch_size": batch_size,
@@ -334,14 +334,6 @@ def _load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
         return None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _row_key(r: dict[str, Any]) -> tuple[Any, ...]:

@@ -40,8 +40,6 @@ import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,9 +55,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..atomic import atomic_write
 from ..data import collate_batch
 from ..metrics import DEFAULT_THRESHOLDS, Comparator, MetricAccumulator, format_table, mask_counts
 from ..models.base import RISModel
+from ..provenance import describe_device, git_commit
 from ..types import Batch
 
 __all__ = ["EvalResult", "Evaluator", "evaluate", "result_path", "file_sha256", "CSV_FIELDS"]
@@ -140,27 +140,6 @@ def result_path(out_dir: str | os.PathLike, model: str, preset: str, dataset: st
     """``<out_dir>/<model>_<preset>_<dataset>_<split>.json`` (the CSV has the same stem)."""
     safe = [str(x).replace(os.sep, "-").replace(" ", "-") or "none" for x in (model, preset, dataset, split)]
     return Path(out_dir) / ("_".join(safe) + ".json")
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def _json_safe(x: Any) -> Any:
@@ -443,8 +422,8 @@ class Evaluator:
             "checkpoint_sha256": None,
             "n_samples": n,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": _device_name(device),
-            "git_commit": _git_commit(),
+            "device": describe_device(device),
+            "git_commit": git_commit(),
             "rislib_version": __version__,
             "torch_version": torch.__version__,
             "seconds": round(seconds, 3),
@@ -458,9 +437,7 @@ def write_result(result: EvalResult, out_dir: str | os.PathLike) -> EvalResult:
     path = result_path(out_dir, info["model"], info["preset"], info["dataset"], info["split"])
     path.parent.mkdir(parents=True, exist_ok=True)
     csv_path = path.with_suffix(".csv")
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n")
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*CSV_FIELDS, "file_name"], extrasaction="ignore")
         writer.writeheader()
