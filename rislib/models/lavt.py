@@ -55,7 +55,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..decoders.lavt import SimpleDecoding
-from ..encoders import build_text_encoder, build_vision_encoder
 from ..fusion.pwam import LanguageGate, PixelWordAttentionModule
 from ..layers import unflatten_hw
 from ..types import Batch, ModelOutput
@@ -183,26 +182,18 @@ class LAVT(RISModel):
             )
         if len(config.class_weights) != 2:
             raise ValueError(f"LAVTConfig.class_weights: expected 2 weights, got {config.class_weights}")
-        vision_kwargs = dict(config.vision_kwargs)
-        if config.official_windows:
-            vision_kwargs["official_windows"] = True
-        self.vision_encoder = build_vision_encoder(config.vision, **vision_kwargs)
+        self.build_towers(vision_kwargs={"official_windows": True} if config.official_windows else None)
         body = getattr(self.vision_encoder, "body", None)
         if body is None or not hasattr(body, "patch_embed") or len(getattr(body, "layers", ())) != 4:
             raise ValueError(
                 f"LAVTConfig.vision: {config.vision!r} is not a timm Swin backbone with 4 stages "
                 "(expected 'swin_b' or 'swin_tiny_test')"
             )
-        self.text_encoder = build_text_encoder(config.text, **{"max_length": config.max_tokens, **config.text_kwargs})
         if getattr(self.text_encoder, "bert", None) is None:
             raise ValueError(
                 f"LAVTConfig.text: {config.text!r} is not a BERT-family encoder "
                 "(expected 'bert_base', 'minilm' or 'bert_tiny')"
             )
-        if config.vision_checkpoint:
-            self.vision_encoder.load_checkpoint(config.vision_checkpoint)
-        if config.text_checkpoint:
-            self.text_encoder.load_checkpoint(config.text_checkpoint)
         channels = self.vision_encoder.channels
         self.fusions = nn.ModuleList(
             LAVTStageFusion(

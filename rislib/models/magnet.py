@@ -99,7 +99,6 @@ from torch import Tensor, nn
 
 from ..decoders.deformable import DeformablePixelDecoder
 from ..decoders.mask2former import POSITION_EMBEDDINGS, MaskedQueryDecoder, MultiScalePixelDecoder
-from ..encoders import build_text_encoder, build_vision_encoder
 from ..fusion.magnet_cam import CrossModalAlignmentModule
 from ..fusion.mask_grounding import MaskGroundingHead, mask_tokens
 from ..fusion.pwam import LanguageGate, LanguagePWAM, PixelWordAttentionModule
@@ -382,28 +381,19 @@ class MagNet(RISModel):
                 f"MagNetConfig.optimizer_groups: expected 'rislib' or 'lavt', got {config.optimizer_groups!r}"
             )
         self.inference_align_corners = config.inference_align_corners
-        vision_kwargs = dict(config.vision_kwargs)
-        if config.official_windows:
-            vision_kwargs["official_windows"] = True
-        self.vision_encoder = build_vision_encoder(config.vision, **vision_kwargs)
+        self.build_towers(vision_kwargs={"official_windows": True} if config.official_windows else None)
         body = getattr(self.vision_encoder, "body", None)
         if body is None or not hasattr(body, "patch_embed") or len(getattr(body, "layers", ())) != 4:
             raise ValueError(
                 f"MagNetConfig.vision: {config.vision!r} is not a timm Swin backbone with 4 stages "
                 "(expected 'swin_b' or 'swin_tiny_test')"
             )
-        text_kwargs = {"max_length": config.max_tokens, **config.text_kwargs}
-        self.text_encoder = build_text_encoder(config.text, **text_kwargs)
         bert = getattr(self.text_encoder, "bert", None)
         if bert is None:
             raise ValueError(
                 f"MagNetConfig.text: {config.text!r} is not a BERT-family encoder "
                 "(expected 'bert_base', 'minilm' or 'bert_tiny')"
             )
-        if config.vision_checkpoint:
-            self.vision_encoder.load_checkpoint(config.vision_checkpoint)
-        if config.text_checkpoint:
-            self.text_encoder.load_checkpoint(config.text_checkpoint)
         n_layers = len(bert.encoder.layer)
         cut = tuple(config.bert_cut) if config.bert_cut is not None else default_bert_cut(n_layers)
         if len(cut) != 4 or list(cut) != sorted(cut) or cut[-1] != n_layers or cut[0] < 0:
