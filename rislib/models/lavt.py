@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..decoders.lavt import SimpleDecoding
+from ..encoders.hf_text import BertTextEncoder
 from ..fusion.pwam import LanguageGate, PixelWordAttentionModule
 from ..layers import unflatten_hw
 from ..types import Batch, ModelOutput
@@ -183,13 +184,12 @@ class LAVT(RISModel):
         if len(config.class_weights) != 2:
             raise ValueError(f"LAVTConfig.class_weights: expected 2 weights, got {config.class_weights}")
         self.build_towers(vision_kwargs={"official_windows": True} if config.official_windows else None)
-        body = getattr(self.vision_encoder, "body", None)
-        if body is None or not hasattr(body, "patch_embed") or len(getattr(body, "layers", ())) != 4:
+        if getattr(self.vision_encoder, "stages", None) is None:
             raise ValueError(
                 f"LAVTConfig.vision: {config.vision!r} is not a timm Swin backbone with 4 stages "
                 "(expected 'swin_b' or 'swin_tiny_test')"
             )
-        if getattr(self.text_encoder, "bert", None) is None:
+        if not isinstance(self.text_encoder, BertTextEncoder):
             raise ValueError(
                 f"LAVTConfig.text: {config.text!r} is not a BERT-family encoder "
                 "(expected 'bert_base', 'minilm' or 'bert_tiny')"
@@ -210,12 +210,9 @@ class LAVT(RISModel):
         ``images [B, 3, H, W]`` in ``[0, 1]``, any size: normalised, then zero-padded on the
         right and bottom to a multiple of 4 (the released ``PatchEmbed``'s padding)."""
         words = self.text_encoder(ids, word_mask).words  # [B, N, D]: all of BERT first
-        body = self.vision_encoder.body
-        x = self.vision_encoder.normalize(images)
-        h, w = x.shape[-2:]
-        x = body.patch_embed(F.pad(x, (0, -w % 4, 0, -h % 4)))  # [B, H'/4, W'/4, C]
+        x = self.vision_encoder.embed_patches(images)  # [B, 3, H, W] -> [B, H'/4, W'/4, C]
         outs = []
-        for stage, fusion in zip(body.layers, self.fusions):
+        for stage, fusion in zip(self.vision_encoder.stages, self.fusions):
             x = stage(x)  # [B, h, w, C_s] (patch merging first from stage 2 on)
             y, x = fusion(x, words, word_mask)
             outs.append(y)
