@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .catalog import ALL_DATASETS, DatasetInfo
-    from .dataset import RISDataset, collate_batch
+    from .dataset import RISDataset, TokenizingCollate, collate_batch
     from .errors import DataFormatError, DataRootError, DegenerateAnnotationWarning
     from .grefer import GReferDataset
     from .masks import mask_to_rle, segmentation_to_mask
@@ -36,6 +36,7 @@ _EXPORTS = {
     "DatasetInfo": "catalog",
     "RISDataset": "dataset",
     "collate_batch": "dataset",
+    "TokenizingCollate": "dataset",
     "DataFormatError": "errors",
     "DataRootError": "errors",
     "DegenerateAnnotationWarning": "errors",
@@ -84,6 +85,7 @@ __all__ = [
     "SHAPES",
     "SPLITS",
     "SPLIT_TYPES",
+    "TokenizingCollate",
     "check_data_root",
     "collate_batch",
     "flip_expression",

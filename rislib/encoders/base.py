@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..types import TextFeatures, TextInput
+from ..types import TextFeatures, TextInput, tokenize
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -209,7 +209,7 @@ class TextEncoder(EncoderTraits, nn.Module, ABC):
 
     def encode(self, texts: Sequence[str] | TextInput, device: torch.device | None = None) -> TextFeatures:
         """Tokenise (when given strings) and encode."""
-        text = texts if isinstance(texts, TextInput) else self.tokenizer(texts)
+        text = tokenize(texts, self.tokenizer)
         if device is None:
             device = next(self.parameters()).device
         return self(text.ids.to(device), text.mask.to(device))

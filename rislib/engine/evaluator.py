@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..atomic import atomic_write
-from ..data import collate_batch
+from ..data.dataset import TokenizingCollate, collate_batch
 from ..metrics import DEFAULT_THRESHOLDS, Comparator, MetricAccumulator, format_table, mask_counts
 from ..models.base import RISModel
 from ..provenance import describe_device, git_commit
@@ -285,7 +285,9 @@ class Evaluator:
         self.limit = limit
         self._original: _OriginalMasks | None = None
 
-    def _loader(self, pin: bool) -> DataLoader:
+    def _loader(self, pin: bool, tokenizer: Any = None) -> DataLoader:
+        """The evaluation loader; with a model's ``tokenizer`` its collate tokenises the text
+        (a plain predictor receives the expressions as strings)."""
         data = self.dataset
         if self.limit is not None and self.limit < len(data):
             data = torch.utils.data.Subset(data, range(self.limit))
@@ -294,7 +296,7 @@ class Evaluator:
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=collate_batch,
+            collate_fn=collate_batch if tokenizer is None else TokenizingCollate(tokenizer),
             pin_memory=pin,
             persistent_workers=False,
         )
@@ -334,7 +336,7 @@ class Evaluator:
         acc = MetricAccumulator(thresholds=self.thresholds, comparator=self.comparator)
         metas: list[dict[str, Any]] = []
         sentences: list[str] = []
-        loader = self._loader(pin=device.type == "cuda")
+        loader = self._loader(pin=device.type == "cuda", tokenizer=model_or_predictor.tokenizer if is_model else None)
         start = time.perf_counter()
         for batch in tqdm(loader, desc=f"eval {split}", unit="batch", disable=not self.progress, leave=False):
             preds = self._predict(model_or_predictor, batch, device)

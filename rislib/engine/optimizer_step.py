@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import RislibError
 from ..models.base import RISModel
-from ..types import Batch, TextInput
+from ..types import Batch
 from .distributed import DistContext, all_reduce_sum
 from .ema import ModelEMA
 from .schedules import LRSchedule
@@ -75,9 +75,7 @@ class OptimizerStep:
 
     def _prepare(self, batch: Batch) -> Batch:
         """Tokenise raw text (once, outside any compiled graph) and move the batch to the device."""
-        if not isinstance(batch.text, TextInput):
-            batch = dataclasses.replace(batch, text=self.model.tokenizer(list(batch.text)))
-        batch = batch.to(self.device, non_blocking=self.device.type == "cuda")
+        batch = batch.tokenized(self.model.tokenizer).to(self.device, non_blocking=self.device.type == "cuda")
         side = self.train_size()
         if side is not None and tuple(batch.images.shape[-2:]) != (side, side):
             images = F.interpolate(batch.images, size=(side, side), mode="bilinear", antialias=True)

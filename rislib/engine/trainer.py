@@ -56,7 +56,6 @@ over samples, again except for BatchNorm statistics (each micro-batch has its ow
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import warnings
@@ -71,12 +70,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..data.dataset import collate_batch
+from ..data.dataset import TokenizingCollate, collate_batch
 from ..errors import ConfigError
 from ..models.base import RISModel
 from ..models.registry import save_model
 from ..provenance import describe_device
-from ..types import Batch, TextInput
+from ..types import Batch
 from .curves import plot_curves
 from .distributed import (
     DistContext,
@@ -106,20 +105,6 @@ __all__ = [
     "find_checkpoints",
     "SCHEDULES",
 ]
-
-
-class _TokenizingCollate:
-    """Collate, then tokenise the expressions with the model's tokenizer (in the DataLoader
-    workers, so the training step receives token ids and ``torch.compile`` sees tensors only)."""
-
-    def __init__(self, collate_fn: Callable[[list[Any]], Batch], tokenizer: Any) -> None:
-        self.collate_fn, self.tokenizer = collate_fn, tokenizer
-
-    def __call__(self, items: list[Any]) -> Batch:
-        batch = self.collate_fn(items)
-        if isinstance(batch.text, TextInput):
-            return batch
-        return dataclasses.replace(batch, text=self.tokenizer(list(batch.text)))
 
 
 def _default_evaluate(model: RISModel, dataset: Dataset, *, batch_size: int, out_dir: Path, run_info: dict) -> Any:
@@ -343,7 +328,7 @@ class Trainer(OptimizerStep, ResumableRun):
             EpochIndexedDataset(self.train_dataset),
             batch_size=self.micro_batch_size,
             sampler=self.sampler,
-            collate_fn=_TokenizingCollate(self.collate_fn, self.model.tokenizer),
+            collate_fn=TokenizingCollate(self.model.tokenizer, self.collate_fn),
             num_workers=workers,
             pin_memory=cuda,
             persistent_workers=workers > 0,

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..encoders.base import TextEncoder, VisionEncoder
 from ..encoders.peft import ParameterReport, parameter_report
-from ..types import Batch, ModelOutput, TextInput
+from ..types import Batch, ModelOutput, TextInput, tokenize
 from .towers import TOWERS, apply_peft, build_tower
 
 __all__ = ["ModelConfig", "RISModel", "check_image_range", "mask_probabilities"]
@@ -207,10 +207,10 @@ class RISModel(nn.Module, ABC):
         return self.text_encoder.tokenizer
 
     def prepare_text(self, text: list[str] | TextInput, device: torch.device) -> TextInput:
-        """Tokenise raw strings with the model's tokenizer and move ids to ``device``."""
-        if not isinstance(text, TextInput):
-            text = self.tokenizer(list(text))
-        return text.to(device)
+        """The batch's :class:`TextInput` on ``device``. The data pipeline's collate has tokenised
+        it already; raw strings (a batch written by hand, ``Batch(images, ["a sentence"])``) are
+        tokenised here with the model's tokenizer (:func:`rislib.types.tokenize`)."""
+        return tokenize(text, self.tokenizer).to(device)
 
     @property
     def device(self) -> torch.device:
