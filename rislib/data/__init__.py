@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from .phrasecut import PhraseCutDataset
     from .refer import ReferDataset
     from .refshapes import DEFAULT_COUNTS, SPLIT_TYPES, SPLITS, generate_refshapes
-    from .refshapes_language import parse_expression
-    from .refshapes_render import COLOURS, HELD_OUT_PAIRS, SHAPES
+    from .refshapes.language import parse_expression
+    from .refshapes.render import COLOURS, HELD_OUT_PAIRS, SHAPES
     from .roots import check_data_root, missing_files, root_state
     from .safe_pickle import load_pickle
     from .sources import open_source
@@ -49,10 +49,10 @@ _EXPORTS = {
     "SPLIT_TYPES": "refshapes",
     "SPLITS": "refshapes",
     "generate_refshapes": "refshapes",
-    "parse_expression": "refshapes_language",
-    "COLOURS": "refshapes_render",
-    "HELD_OUT_PAIRS": "refshapes_render",
-    "SHAPES": "refshapes_render",
+    "parse_expression": "refshapes.language",
+    "COLOURS": "refshapes.render",
+    "HELD_OUT_PAIRS": "refshapes.render",
+    "SHAPES": "refshapes.render",
     "check_data_root": "roots",
     "missing_files": "roots",
     "root_state": "roots",
