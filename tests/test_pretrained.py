@@ -7,9 +7,11 @@ import json
 
 import pytest
 import torch
-from toy_model import ToyModel  # noqa: F401  (registers _toy_for_tests)
 
 from rislib.models import available_pretrained, build_model, load_pretrained, pretrained_info, save_model
+
+#: the toy models (tests/toy_model.py) these tests build by name
+pytestmark = pytest.mark.usefixtures("toy_models")
 
 
 def test_load_pretrained_reads_a_folder_of_shipped_models(tmp_path, monkeypatch):
