@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..encoders.base import TextEncoder, VisionEncoder
 from ..encoders.peft import ParameterReport, parameter_report
-from ..types import Batch, ModelOutput, TextInput, tokenize
+from ..types import Batch, ModelOutput, TextFeatures, TextInput, tokenize
 from .towers import TOWERS, apply_peft, build_tower
 
 __all__ = ["ModelConfig", "RISModel", "check_image_range", "mask_probabilities"]
@@ -97,6 +97,20 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class SwinBertConfig(ModelConfig):
+    """The defaults of a Swin image tower with a BERT text tower (LAVT, MagNet): the tiny test
+    sizes of both, trained at the full learning rate."""
+
+    image_size: int = 128
+    max_tokens: int = 20
+    vision: str = "swin_tiny_test"
+    vision_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 128})
+    text: str = "bert_tiny"
+    text_kwargs: dict[str, Any] = field(default_factory=lambda: {"dim": 64, "depth": 4, "num_heads": 4})
+    backbone_lr_scale: float = 1.0
 
 
 class RISModel(nn.Module, ABC):
@@ -182,6 +196,17 @@ class RISModel(nn.Module, ABC):
                 scale=scale,
             )
         self.train(self.training)
+
+    def run_text_tower(self, batch: Batch, device: torch.device) -> TextFeatures:
+        """The text tower on the batch's expressions (without gradients when it is frozen)."""
+        text = self.prepare_text(batch.text, device)
+        with self.tower_grad("text"):
+            return self.text_encoder(text.ids, text.mask)
+
+    def run_vision_tower(self, images: Tensor) -> list[Tensor]:
+        """The vision tower's maps of ``images [B, 3, H, W]`` (without gradients when it is frozen)."""
+        with self.tower_grad("vision"):
+            return self.vision_encoder(images)
 
     def tower_grad(self, tower: str):
         """Context: gradients through ``tower`` unless it is frozen (a frozen tower runs without)."""

@@ -319,16 +319,13 @@ class HARIS(RISModel):
     # ---- the model ---------------------------------------------------------------------------
     def encode_text(self, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Projected words F_w ``[B, L, dim]``, sentence F_s ``[B, dim]`` and mask ``[B, L]``."""
-        text = self.prepare_text(batch.text, device)
-        with self.tower_grad("text"):
-            feats = self.text_encoder(text.ids, text.mask)
+        feats = self.run_text_tower(batch, device)
         return self.text_proj(feats.words), self.text_proj(feats.sentence), feats.mask
 
     def forward(self, batch: Batch) -> ModelOutput:
         images = batch.images
         words, sentence, word_mask = self.encode_text(batch, images.device)
-        with self.tower_grad("vision"):
-            taps = self.vision_encoder(images)  # F_v1, F_v2, F_v3 [B, C_v, H/16, W/16]
+        taps = self.run_vision_tower(images)  # F_v1, F_v2, F_v3 [B, C_v, H/16, W/16]
         pyramid = self.pyramid(taps)  # [B, dim, H/s, W/s] for s = 4, 8, 16, 32
         # coarse to fine: blocks at s32, s16, s8; s4 receives only the top-down residual
         fused, words, feedback = self.fusion(pyramid[::-1], words, word_mask, sentence)

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,7 +59,7 @@ from ..encoders.hf_text import BertTextEncoder
 from ..fusion.pwam import LanguageGate, PixelWordAttentionModule
 from ..layers import unflatten_hw
 from ..types import Batch, ModelOutput
-from .base import ModelConfig, RISModel
+from .base import RISModel, SwinBertConfig
 from .official import (
     LAVT_UNUSED_OFFICIAL_KEYS,
     convert_official_state_dict,
@@ -73,7 +73,7 @@ __all__ = ["LAVTConfig", "LAVT", "LAVTStageFusion"]
 
 
 @dataclass
-class LAVTConfig(ModelConfig):
+class LAVTConfig(SwinBertConfig):
     """LAVT's configuration; presets ``tiny``, ``small``, ``paper``.
 
     Attributes (besides :class:`ModelConfig`'s; ``vision`` must be a timm Swin, ``text`` a
@@ -87,13 +87,6 @@ class LAVTConfig(ModelConfig):
             ``train.py`` groups, :func:`rislib.models.official.lavt_param_groups`).
     """
 
-    image_size: int = 128
-    max_tokens: int = 20
-    vision: str = "swin_tiny_test"
-    vision_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 128})
-    text: str = "bert_tiny"
-    text_kwargs: dict[str, Any] = field(default_factory=lambda: {"dim": 64, "depth": 4, "num_heads": 4})
-    backbone_lr_scale: float = 1.0
     fusion_heads: int = 1
     fusion_dropout: float = 0.0
     official_windows: bool = True

@@ -90,7 +90,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -113,7 +113,7 @@ from ..losses import (
     pixel_text_alignment_loss,
 )
 from ..types import Batch, ModelOutput
-from .base import ModelConfig, RISModel
+from .base import RISModel, SwinBertConfig
 from .official import (
     MAGNET_UNUSED_OFFICIAL_KEYS,
     convert_official_state_dict,
@@ -137,7 +137,7 @@ def default_bert_cut(num_layers: int, num_stages: int = 4) -> tuple[int, ...]:
 
 
 @dataclass
-class MagNetConfig(ModelConfig):
+class MagNetConfig(SwinBertConfig):
     """MagNet's configuration; presets ``tiny``, ``small``, ``paper``.
 
     Training recipe for ``paper`` (docs/methods/magnet.md#training-recipe): the official
@@ -185,13 +185,6 @@ class MagNetConfig(ModelConfig):
         class_weight, bce_weight, dice_weight, mg_weight, cal_weight: loss weights.
     """
 
-    image_size: int = 128
-    max_tokens: int = 20
-    vision: str = "swin_tiny_test"
-    vision_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 128})
-    text: str = "bert_tiny"
-    text_kwargs: dict[str, Any] = field(default_factory=lambda: {"dim": 64, "depth": 4, "num_heads": 4})
-    backbone_lr_scale: float = 1.0
     bert_cut: tuple[int, ...] | None = None
     fusion_heads: int = 1
     fusion_dropout: float = 0.0

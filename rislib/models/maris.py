@@ -309,16 +309,13 @@ class MARIS(RISModel):
     # ---- the model ---------------------------------------------------------------------------
     def encode_text(self, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Projected words ``[B, L, C]``, sentence ``[B, C]`` and mask ``[B, L]``."""
-        text = self.prepare_text(batch.text, device)
-        with self.tower_grad("text"):
-            feats = self.text_encoder(text.ids, text.mask)
+        feats = self.run_text_tower(batch, device)
         return self.text_proj(feats.words), self.text_proj(feats.sentence), feats.mask
 
     def forward(self, batch: Batch) -> ModelOutput:
         images = batch.images
         words, sentence, word_mask = self.encode_text(batch, images.device)
-        with self.tower_grad("vision"):
-            maps = self.vision_encoder(images)  # taps [B, C_vit, h, w]..., neck [B, C, h, w]
+        maps = self.run_vision_tower(images)  # taps [B, C_vit, h, w]..., neck [B, C, h, w]
         vision = self.feature_enhancement(maps[:-1], maps[-1])  # [B, C, h, w]
         vision, words = self.fusion(vision, words, word_mask)  # F_v'' [B, C, h, w], F_l'' [B, L, C]
         summary = masked_mean(words, word_mask) if self.config.use_lga else sentence  # [B, C]
