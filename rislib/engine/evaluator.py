@@ -340,26 +340,8 @@ class Evaluator:
         start = time.perf_counter()
         for batch in tqdm(loader, desc=f"eval {split}", unit="batch", disable=not self.progress, leave=False):
             preds = self._predict(model_or_predictor, batch, device)
-            meta = batch.meta
-            types = [m.get("type") for m in meta]
-            no_target = [bool(m.get("no_target", False)) for m in meta]
-            ids = [(m.get("ref_id"), m.get("sent_id")) for m in meta]
-            if self.protocol == "network":
-                if batch.masks is None:
-                    raise ValueError("evaluate(protocol='network'): the data set's items have no 'mask'")
-                gt = batch.masks[:, 0].to(device) > 0.5  # [B, S, S], resized NEAREST by the data set
-                size = tuple(gt.shape[-2:])
-                pred = torch.stack([_resize(p, size, self.threshold) for p in preds])  # [B, S, S]
-                acc.add_counts(*mask_counts(pred, gt), type=types, sample_id=ids, no_target=no_target)
-            else:
-                assert self._original is not None
-                input_size = tuple(batch.images.shape[-2:])
-                for k, m in enumerate(meta):
-                    gt_np = self._original(m)  # [h, w] at the original size
-                    pred = _to_original(preds[k], gt_np.shape, input_size, m.get("letterbox"), self.threshold)
-                    gt = torch.from_numpy(gt_np).to(device)
-                    acc.add_counts(*mask_counts(pred, gt), type=types[k], sample_id=ids[k], no_target=no_target[k])
-            metas += meta
+            self._score(acc, batch, preds, device)
+            metas += batch.meta
             sentences += batch.raw_text
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -369,24 +351,7 @@ class Evaluator:
 
         computed = acc.compute()
         by_type = computed.pop("by_type", {})
-        rows = []
-        for r, m, s in zip(acc.per_sample(), metas, sentences):
-            rows.append(
-                {
-                    "ref_id": m.get("ref_id"),
-                    "sent_id": m.get("sent_id"),
-                    "image_id": m.get("image_id"),
-                    "type": r["type"],
-                    "sentence": s,
-                    "no_target": r["no_target"],
-                    "I": r["I"],
-                    "U": r["U"],
-                    "IoU": r["IoU"],
-                    "pred_area": r["pred_area"],
-                    "gt_area": r["gt_area"],
-                    "file_name": m.get("file_name"),
-                }
-            )
+        rows = [_row(r, m, s) for r, m, s in zip(acc.per_sample(), metas, sentences)]
         info = self._info(model_or_predictor, split, metas, device, len(acc), seconds)
         info.update(run_info)
         checkpoint = info.get("checkpoint")
@@ -396,6 +361,29 @@ class Evaluator:
         if self.out_dir is not None:
             write_result(result, self.out_dir)
         return result
+
+    def _score(self, acc: MetricAccumulator, batch: Batch, preds: list[Tensor], device: torch.device) -> None:
+        """Add the batch's intersections and unions to ``acc``: at the network's input size
+        (``protocol="network"``) or at each image's original size (``"original"``)."""
+        meta = batch.meta
+        types = [m.get("type") for m in meta]
+        no_target = [bool(m.get("no_target", False)) for m in meta]
+        ids = [(m.get("ref_id"), m.get("sent_id")) for m in meta]
+        if self.protocol == "network":
+            if batch.masks is None:
+                raise ValueError("evaluate(protocol='network'): the data set's items have no 'mask'")
+            gt = batch.masks[:, 0].to(device) > 0.5  # [B, S, S], resized NEAREST by the data set
+            size = tuple(gt.shape[-2:])
+            pred = torch.stack([_resize(p, size, self.threshold) for p in preds])  # [B, S, S]
+            acc.add_counts(*mask_counts(pred, gt), type=types, sample_id=ids, no_target=no_target)
+            return
+        assert self._original is not None
+        input_size = tuple(batch.images.shape[-2:])
+        for k, m in enumerate(meta):
+            gt_np = self._original(m)  # [h, w] at the original size
+            pred = _to_original(preds[k], gt_np.shape, input_size, m.get("letterbox"), self.threshold)
+            gt = torch.from_numpy(gt_np).to(device)
+            acc.add_counts(*mask_counts(pred, gt), type=types[k], sample_id=ids[k], no_target=no_target[k])
 
     def _info(
         self, predictor: Any, split: str, metas: list[dict[str, Any]], device: torch.device, n: int, seconds: float
@@ -431,6 +419,24 @@ class Evaluator:
             "seconds": round(seconds, 3),
             "samples_per_second": round(n / seconds, 2) if seconds > 0 else None,
         }
+
+
+def _row(r: dict[str, Any], m: dict[str, Any], sentence: str) -> dict[str, Any]:
+    """One per-sample result row (the CSV's columns) from the accumulator's row and the sample's meta."""
+    return {
+        "ref_id": m.get("ref_id"),
+        "sent_id": m.get("sent_id"),
+        "image_id": m.get("image_id"),
+        "type": r["type"],
+        "sentence": sentence,
+        "no_target": r["no_target"],
+        "I": r["I"],
+        "U": r["U"],
+        "IoU": r["IoU"],
+        "pred_area": r["pred_area"],
+        "gt_area": r["gt_area"],
+        "file_name": m.get("file_name"),
+    }
 
 
 def write_result(result: EvalResult, out_dir: str | os.PathLike) -> EvalResult:
