@@ -155,6 +155,16 @@ class AttentionExplorer(widgets.VBox):
             ]
         )
 
+        self._connect()
+
+        if n:
+            self._load_sample(self.sample.value)
+        else:
+            self.status.value = "no dataset: upload an image and type an expression"
+            self.sample.disabled = True
+
+    def _connect(self) -> None:
+        """What each control does when it changes: reload, re-run or only re-draw."""
         self.sample.observe(self._on_sample, "value")
         self.upload.observe(self._on_upload, "value")
         self.expression.observe(lambda _: self._refresh(), "value")
@@ -165,12 +175,6 @@ class AttentionExplorer(widgets.VBox):
         for control in (self.head, self.word, self.module2, self.opacity):
             control.observe(lambda _: self._render(), "value")
         self.add_button.on_click(lambda _: self._on_add())
-
-        if n:
-            self._load_sample(self.sample.value)
-        else:
-            self.status.value = "no dataset: upload an image and type an expression"
-            self.sample.disabled = True
 
     # ---- state -----------------------------------------------------------------------
     @property

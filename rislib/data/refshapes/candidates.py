@@ -67,6 +67,9 @@ def single_candidates(
         types: which single-target types to list.
         referents: bit mask of the objects that may be referents (testC: held-out pairs only).
         rng: draws the inner relation of each chain (one per outer NP, relation and anchor).
+
+    Length: one function on purpose: the loops over types, objects and anchors draw from
+    ``rng`` in a fixed order that the data set's byte-identity (spec v1) depends on.
     """
     types = set(types)
     out: dict[str, dict[int, list[Candidate]]] = {t: {} for t in types}

@@ -180,6 +180,10 @@ def generate_image(params: RefShapesParams, split: str, index: int) -> dict[str,
         "distractor": bool, "rejected": int, "attempts": int}``; objects carry
         ``category_id``, ``segmentation``, ``area``, ``bbox``, and ``shape``/``colour``/``size``;
         a ref names its object index ``obj`` (grefs: a list ``objs``), ``type`` and ``sentences``.
+
+    Length: one function on purpose. Every random draw of an image comes from one generator
+    in one fixed order (the data set's files are byte-identical for a seed, spec v1), and the
+    order is easiest to audit read top to bottom in one place.
     """
     if split not in SPLITS:
         raise ValueError(f"RefShapes split: expected one of {SPLITS}, got {split!r}")
