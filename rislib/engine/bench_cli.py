@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from ..provenance import git_commit
+from ..provenance import describe_device, git_commit
 from ..types import Batch
 
 __all__ = [
@@ -326,7 +326,7 @@ def _record(
         "on the CPU (process_peak_rss_mb covers the whole run)."
     )  # fmt: skip
     return {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device": describe_device(dev),
         "device_slug": device_slug(dev),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -70,6 +70,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write
 from ..data.dataset import TokenizingCollate, collate_batch
 from ..errors import ConfigError
 from ..models.base import RISModel
@@ -352,7 +353,7 @@ class Trainer(OptimizerStep, ResumableRun):
             "precision": self.precision,
             "torch": torch.__version__,
         }
-        (self.out_dir / "config.json").write_text(json.dumps(payload, indent=2, default=str))
+        atomic_write(self.out_dir / "config.json", json.dumps(payload, indent=2, default=str))
 
     # ---- validation --------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -547,7 +548,7 @@ class Trainer(OptimizerStep, ResumableRun):
             best_path = self.out_dir / "best.pt"
         summary = self._summary(status, error)
         if self.is_main:
-            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+            atomic_write(self.out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
             self.log.write_csv()
             if self.history:
                 plot_curves(self.history, self.out_dir / "curves.png")
