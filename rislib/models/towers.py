@@ -106,7 +106,7 @@ def apply_peft(
         warnings.warn(
             f"{owner}: peft={mode!r} freezes the randomly initialised {family} encoder {name!r} "
             f"(no {tower}_checkpoint given)",
-            stacklevel=4,
+            stacklevel=5,  # the caller of build_model (model __init__ -> RISModel.apply_peft -> here)
         )
     freeze(encoder)
     if mode == "frozen":
