@@ -6,7 +6,7 @@
 # DATA: RefShapes rendered at 128 px (`python -m rislib data refshapes --out DATA --size 128`);
 # RUNS: parent of the run folders. Methods run one after the other with one CPU thread each
 # (two queues share two cores). Each run is the `cpu` recipe with a length sized so that it
-# takes roughly 35-40 minutes of one core (benchmarks/checkpoints/README.md lists the measured
+# takes roughly 30-40 minutes of one core (benchmarks/checkpoints/README.md lists the measured
 # times); an interrupted run continues where it stopped (--resume). Afterwards
 # `python benchmarks/ship_checkpoint.py` evaluates a run and writes its shipped folder.
 set -euo pipefail
@@ -14,8 +14,8 @@ data=$1; runs=$2; shift 2
 
 steps_of() {  # optimiser steps of batch 16 per method
   case $1 in
-    concat) echo 13000 ;; xattn) echo 12000 ;; lts) echo 8500 ;;
-    haris) echo 7000 ;; maris) echo 6000 ;; magnet) echo 3600 ;;
+    concat) echo 17000 ;; xattn) echo 15000 ;; lts) echo 10500 ;;
+    haris) echo 9000 ;; maris) echo 7800 ;; magnet) echo 4400 ;;
     *) echo "unknown method $1" >&2; return 1 ;;
   esac
 }

@@ -1,22 +1,25 @@
 """``python -m rislib demo`` (``make demo``): the whole pipeline in a few CPU minutes.
 
-1. generates a small RefShapes (600 train / 100 val / 100 testA, testB, testC images at
-   128 px) into ``data/refshapes_demo``, once (later runs reuse it);
+1. generates a small RefShapes (4,000 train / 100 val / 100 testA, testB, testC images at
+   128 px, about half a minute) into ``data/refshapes_demo``, once (later runs reuse it);
 2. trains the ``tiny`` preset of a method (``--model``, default ``xattn``) on the CPU with
-   the ``cpu`` recipe for at most ``--max-minutes`` (5), with a progress bar; the number of
-   steps is sized to the budget from a short timing first, so the learning-rate schedule
-   runs to its end; an earlier demo run in ``runs/demo/<model>_<preset>`` is moved aside
-   (to ``<model>_<preset>.replaced-<time>``), never deleted;
+   the ``cpu`` recipe (most steps at 64 px, the last 40% at 128 px) for at most
+   ``--max-minutes`` (5), with a progress bar; the number of steps is sized to the budget
+   from a short timing at both sides first, so the learning-rate schedule runs to its end;
+   an earlier demo run in ``runs/demo/<model>_<preset>`` is moved aside (to
+   ``<model>_<preset>.replaced-<time>``), never deleted;
 3. evaluates it on val, testA (appearance words), testB (spatial words) and testC (unseen
    colour-shape pairs) and prints the metrics table;
 4. draws predictions beside the ground truth (``figures/demo_predictions.png``) and the
    attention of every word over the image (``figures/demo_attention.png``);
-5. if trained checkpoints ship with the course (``benchmarks/checkpoints/*.pt``, trained
-   on a GPU), evaluates them on the same splits and shows them beside the fresh model.
+5. evaluates the trained models that ship with the course (``benchmarks/checkpoints``, one
+   per method, each trained for about half an hour of one CPU core; see
+   :func:`rislib.models.load_pretrained`) on the same images and shows them beside the
+   fresh model.
 
-A few CPU minutes show a model *learning* (its loss falls, its masks start to follow the
-words), not a good model: ``docs/performance.md#on-the-cpu`` records about 25 mIoU after
-4 minutes on two cores. The shipped GPU checkpoints show where training leads.
+Five CPU minutes give a model that follows the words on most simple expressions; the
+shipped models show what a longer run of the same recipe reaches
+(``benchmarks/checkpoints/README.md``).
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ __all__ = [
     "estimate_steps",
 ]
 
-DEMO_COUNTS = {"train": 600, "val": 100, "testA": 100, "testB": 100, "testC": 100}
+DEMO_COUNTS = {"train": 4000, "val": 100, "testA": 100, "testB": 100, "testC": 100}
 EVAL_SPLITS = ("val", "testA", "testB", "testC")
 TABLE_KEYS = ("n", "oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9")
+DEMO_MAX_STEPS = 20_000  # the time budget decides; this only bounds a very fast machine
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -55,12 +59,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="data/refshapes_demo", help="RefShapes root, generated when missing")
     p.add_argument("--size", type=int, default=128, help="image side of the generated RefShapes")
     p.add_argument("--counts", default=None, metavar="SPLIT=N,...",
-                   help="images per split when generating (default: 600 train, 100 in each of the others)")  # fmt: skip
+                   help="images per split when generating (default: 4000 train, 100 in each other split)")  # fmt: skip
     p.add_argument("--out", default="runs/demo", help="run folder (a sub-folder per method)")
     p.add_argument("--figures", default="figures", help="where demo_*.png go")
     p.add_argument("--max-minutes", type=float, default=5.0, help="training time budget (default 5)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the cpu recipe's)")
-    p.add_argument("--checkpoints", default="benchmarks/checkpoints", help="folder of shipped checkpoints")
+    p.add_argument("--checkpoints", default=None,
+                   help="folder of shipped models (default: the repository's benchmarks/checkpoints)")  # fmt: skip
     p.add_argument("--eval-limit", type=int, default=None, help="score only the first N sentences of each split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
@@ -211,28 +216,48 @@ def metrics_table(results: dict[tuple[str, str], dict[str, Any]], splits: list[s
     return "\n".join(lines)
 
 
-def estimate_steps(model: Any, dataset: Any, *, batch_size: int, minutes: float, max_steps: int, seed: int = 0) -> int:
+def estimate_steps(
+    model: Any, dataset: Any, *, batch_size: int, minutes: float, max_steps: int, seed: int = 0,
+    size_schedule: tuple[tuple[float, int], ...] = (),
+) -> int:  # fmt: skip
     """Optimiser steps that fit in ``minutes`` on this machine, timed on a copy of ``model``.
 
-    Two steps of AdamW on a real batch are timed after one warm-up step; 85% of the budget
-    goes to training (the rest covers data loading and checkpoints). At least 20 steps.
+    Two steps of AdamW on a real batch are timed after one warm-up step, at every training
+    side of ``size_schedule`` (see :class:`~rislib.engine.trainer.TrainConfig`); the time of
+    a step is the mean over the run, each side weighted by the share of steps it trains.
+    85% of the budget goes to training (the rest covers data loading and checkpoints). At
+    least 20 steps.
     """
     import copy
+    import dataclasses
+
+    import torch.nn.functional as F
 
     from .data import collate_batch
 
     probe = copy.deepcopy(model).train()
     opt = torch.optim.AdamW(probe.parameters(), lr=1e-4)
     batch = collate_batch([dataset[(seed + i) % len(dataset)] for i in range(batch_size)])
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        loss = probe.loss(batch, probe(batch))["total"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    per_step = sum(times[1:]) / 2
+    batch = dataclasses.replace(batch, text=probe.tokenizer(list(batch.text)))
+    fractions = [f for f, _ in size_schedule] + [1.0]
+    shares = {side: fractions[i + 1] - fractions[i] for i, (_, side) in enumerate(size_schedule)}
+    if not shares:
+        shares = {int(batch.images.shape[-1]): 1.0}
+    per_step = 0.0
+    for side, share in shares.items():
+        images = batch.images
+        if tuple(images.shape[-2:]) != (side, side):
+            images = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True)
+        sized = dataclasses.replace(batch, images=images)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            loss = probe.loss(sized, probe(sized))["total"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        per_step += share * sum(times[1:]) / 2
     return int(max(20, min(max_steps, 0.85 * 60 * minutes / per_step)))
 
 
@@ -281,7 +306,7 @@ def main(args: argparse.Namespace) -> int:
     from .engine.recipes import get_recipe
     from .engine.train_cli import ensure_refshapes, parse_counts
     from .engine.trainer import Trainer
-    from .models import build_model, load_model
+    from .models import available_pretrained, build_model, load_pretrained
     from .viz import apply_style
 
     apply_style()
@@ -304,7 +329,8 @@ def main(args: argparse.Namespace) -> int:
     train = RISDataset(source, "train", mode="train", image_size=size, hflip=recipe.hflip, seed=args.seed)
     run = Path(args.out) / f"{args.model}_{args.preset}"
     steps = args.steps or estimate_steps(model, train, batch_size=recipe.batch_size, minutes=args.max_minutes,
-                                         max_steps=recipe.steps or 1500, seed=args.seed)  # fmt: skip
+                                         max_steps=DEMO_MAX_STEPS, seed=args.seed,
+                                         size_schedule=recipe.size_schedule)  # fmt: skip
     cfg = recipe.train_config(
         out_dir=str(run), overwrite=True, max_minutes=args.max_minutes, device="cpu", seed=args.seed, workers=0,
         steps=steps,
@@ -324,14 +350,13 @@ def main(args: argparse.Namespace) -> int:
     label = f"{args.model}/{args.preset} (CPU, {s['train_minutes']:.1f} min)"
     table = {(sp, label): m for sp, m in _evaluate_splits(model, evals, run / "eval", args.eval_limit, label).items()}
     shipped: dict[str, Any] = {}
-    ckpt_dir = Path(args.checkpoints)
-    for path in sorted(ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []:
+    for shipped_name in available_pretrained(args.checkpoints):
         try:
-            other = load_model(path)
+            other = load_pretrained(shipped_name, root=args.checkpoints)
         except Exception as e:  # noqa: BLE001 - a broken file must not stop the demo
-            print(f"skipping {path}: {e}", file=sys.stderr)
+            print(f"skipping {shipped_name}: {e}", file=sys.stderr)
             continue
-        name = f"{path.stem} (shipped)"
+        name = f"{other.name} (shipped)"
         sets = {sp: RISDataset(source, sp, mode="eval", image_size=other.config.image_size) for sp in splits}
         for sp, m in _evaluate_splits(other, sets, run / "eval_shipped", args.eval_limit, name).items():
             table[(sp, name)] = m

@@ -14,7 +14,7 @@ from rislib.models import build_model, save_model
 def test_demo_runs_end_to_end_and_evaluates_a_shipped_checkpoint(tmp_path, capsys):
     torch.manual_seed(0)
     shipped = tmp_path / "checkpoints"
-    save_model(build_model("xattn", "tiny", image_size=64), shipped / "xattn_gpu.pt")
+    save_model(build_model("xattn", "tiny", image_size=64), shipped / "xattn-tiny-refshapes" / "model.pt")
     parser = argparse.ArgumentParser()
     demo.configure(parser)
     args = parser.parse_args([
@@ -25,7 +25,7 @@ def test_demo_runs_end_to_end_and_evaluates_a_shipped_checkpoint(tmp_path, capsy
     assert demo.main(args) == 0
     out = capsys.readouterr().out
     for split in ("val", "testA", "testB", "testC"):
-        assert f"| {split} | xattn/tiny (CPU" in out and f"| {split} | xattn_gpu (shipped) |" in out
+        assert f"| {split} | xattn/tiny (CPU" in out and f"| {split} | xattn (shipped) |" in out
     assert "| split | model | n | oIoU | mIoU | P@0.5 | P@0.7 | P@0.9 |" in out and "where everything is" in out
     figures = tmp_path / "figures"
     assert (figures / "demo_predictions.png").stat().st_size > 10_000
@@ -78,3 +78,7 @@ def test_estimate_steps_fits_the_budget_between_bounds():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     demo.estimate_steps(model, items, batch_size=4, minutes=0.1, max_steps=500)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # timed on a copy
+    # with a size schedule every side is timed, and the bounds still hold
+    sized = dict(batch_size=4, max_steps=500, size_schedule=((0.0, 32), (0.6, 64)))
+    assert demo.estimate_steps(model, items, minutes=1e-6, **sized) == 20
+    assert demo.estimate_steps(model, items, minutes=1e6, **sized) == 500

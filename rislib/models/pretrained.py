@@ -7,8 +7,10 @@ Each shipped model is one folder under ``benchmarks/checkpoints/`` of the reposi
     summary.json    how it was trained: command, recipe, steps, minutes, machine, metrics
     log.jsonl       the training log (loss terms, learning rate, validation)
     curves.png      loss and validation curves
-    eval.json       metrics on val / testA / testB / testC (original protocol), and on a
-                    fixed subset that the tests re-score to check the file reproduces them
+    eval.json       metrics on val / testA / testB / testC of RefShapes (seed 0, 256 px,
+                    original protocol), and on a small check subset that any clone regenerates
+                    in seconds (:func:`generate_check_subset`); the tests re-score every shipped
+                    model on it and compare with the recorded numbers
 
 Nothing is downloaded: the folder travels with the repository. Another folder can be given
 with ``root=`` or the ``RISLIB_CHECKPOINTS`` environment variable.
@@ -26,9 +28,19 @@ import torch
 from .base import RISModel
 from .registry import load_model
 
-__all__ = ["checkpoints_root", "available_pretrained", "pretrained_info", "load_pretrained"]
+__all__ = [
+    "checkpoints_root",
+    "available_pretrained",
+    "pretrained_info",
+    "load_pretrained",
+    "generate_check_subset",
+    "CHECK_SPLITS",
+    "CHECK_IMAGES",
+]
 
 WEIGHTS_FILE = "model.pt"
+CHECK_SPLITS = ("val", "testA", "testB", "testC")  # the evaluation splits of RefShapes
+CHECK_IMAGES = 40  # images per split in the check subset
 
 
 def checkpoints_root(root: str | os.PathLike | None = None) -> Path:
@@ -87,3 +99,17 @@ def load_pretrained(
     """
     model = load_model(_folder(name, root) / WEIGHTS_FILE, map_location=map_location)
     return model.eval()
+
+
+def generate_check_subset(root: str | os.PathLike, images: int = CHECK_IMAGES) -> Path:
+    """Write the check subset of the shipped models' ``eval.json`` into ``root``.
+
+    RefShapes with its default settings (seed 0, 256 px), ``images`` images in each of
+    :data:`CHECK_SPLITS` and none in train. Every image depends only on the seed, its split and
+    its index, so these are the first ``images`` images of each split of the full data set.
+    """
+    from ..data import generate_refshapes
+
+    counts = {"train": 0, **{split: images for split in CHECK_SPLITS}}
+    generate_refshapes(root, seed=0, size=256, counts=counts, workers=0, progress=False)
+    return Path(root)
