@@ -157,6 +157,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="refshapes/grefshapes: generate the data set into --data when it holds none of it")
     p.add_argument("--strict", action="store_true",
                    help="refuse degenerate annotations (2-point polygons, shapes off the image...) instead of warning")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from the weights of a model file or run checkpoint of the same model "
+                        "(fine-tuning: a fresh optimiser, schedule and step count)")  # fmt: skip
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this many minutes")
     p.add_argument("--set", dest="model_set", action="append", metavar="KEY=VALUE", help="model config override")
     p.add_argument("--train", dest="train_set", action="append", metavar="KEY=VALUE", help="TrainConfig override")
@@ -201,6 +204,8 @@ def main(args: argparse.Namespace) -> int:
         _check_run_and_data(args, ctx, recipe.image_size)
         torch.manual_seed(args.seed)
         model = build_model(args.model, args.preset, **model_overrides)
+        if args.init:
+            init_weights(model, args.init, expect=args.model)
         train, val = build_datasets(
             args.data, args.dataset, image_size=model.config.image_size, hflip=recipe.hflip, seed=args.seed,
             split_by=args.split_by, train_split=args.train_split, val_split=args.val_split or None,
@@ -230,6 +235,22 @@ def main(args: argparse.Namespace) -> int:
         return 0
     finally:
         cleanup_distributed(ctx)
+
+
+def init_weights(model: Any, path: str | Path, *, expect: str) -> None:
+    """Copy the weights of the checkpoint at ``path`` (``save_model`` file or a run's
+    ``final.pt``/``best.pt``) into ``model``: the start of a fine-tuning run.
+
+    Raises:
+        CheckpointError: the file holds another method, or is not a readable checkpoint.
+        CheckpointMismatchError: its weights do not fit ``model`` (another preset or config),
+            naming the parameters that differ.
+    """
+    from ..checkpoint import load_weights
+    from ..models import load_model
+
+    source = load_model(path, expect=expect)
+    load_weights(model, source.state_dict(), source=str(path))
 
 
 def _check_run_and_data(args: argparse.Namespace, ctx: Any, image_size: int) -> None:
@@ -285,6 +306,7 @@ def _train_config(args: argparse.Namespace, recipe: Any, workers: int, train_ove
             "data": str(args.data),
             "preset": args.preset,
             "command": " ".join(["python -m rislib train", *sys.argv[2:]]),
+            "init": str(args.init) if args.init else None,
         },  # fmt: skip
         **{k: v for k, v in explicit.items() if v is not None},
         **train_overrides,
