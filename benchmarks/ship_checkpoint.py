@@ -51,11 +51,26 @@ def score(model, root: str | Path, *, progress: bool) -> dict[str, dict]:
     return out
 
 
+def _without_renames(argv: list[str]) -> list[str]:
+    """The command line less its ``--rename LOCAL PUBLIC`` pairs (they only rewrite paths)."""
+    out, skip = [], 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+        elif arg == "--rename":
+            skip = 2
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="run folder of benchmarks/train_shipped.sh")
     p.add_argument("--eval-data", required=True, help="RefShapes root (256 px, seed 0) with val/testA/testB/testC")
     p.add_argument("--name", default=None, help="folder name (default <method>-tiny-refshapes)")
+    p.add_argument("--rename", nargs=2, action="append", metavar=("LOCAL", "PUBLIC"),
+                   help="write PUBLIC for the path LOCAL in the summary, log and command (repeatable)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -67,8 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     folder = ROOT / name
     folder.mkdir(parents=True, exist_ok=True)
     save_model(model, folder / "model.pt")
-    for file in ("summary.json", "log.jsonl", "curves.png"):
-        shutil.copyfile(run / file, folder / file)
+    def public(text: str) -> str:  # paths of this machine -> the names a user would use
+        for local, name in a.rename or []:
+            text = text.replace(local, name)
+        return text
+
+    shutil.copyfile(run / "curves.png", folder / "curves.png")
+    for file in ("summary.json", "log.jsonl"):
+        (folder / file).write_text(public((run / file).read_text()))
 
     start = time.perf_counter()
     full = score(model, a.eval_data, progress=not a.no_progress)
@@ -78,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "name": name,
         "model": model.name,
         "preset": model.preset,
+        "parameters": model.num_parameters(),
         "data": {
             "dataset": "refshapes",
             "seed": 0,
@@ -94,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             "generator": "rislib.models.pretrained.generate_check_subset (RefShapes seed 0, 256 px)",
             "splits": {s: v["metrics"] for s, v in subset.items()},
         },
-        "command": "python benchmarks/ship_checkpoint.py " + " ".join(sys.argv[1:]),
+        "command": public("python benchmarks/ship_checkpoint.py " + " ".join(_without_renames(sys.argv[1:]))),
         "date": time.strftime("%Y-%m-%d"),
         "eval_seconds": round(time.perf_counter() - start, 1),
     }

@@ -14,8 +14,8 @@ data=$1; runs=$2; shift 2
 
 steps_of() {  # optimiser steps of batch 16 per method
   case $1 in
-    concat) echo 17000 ;; xattn) echo 15000 ;; lts) echo 10500 ;;
-    haris) echo 9000 ;; maris) echo 7800 ;; magnet) echo 4400 ;;
+    concat) echo 17000 ;; xattn) echo 15000 ;; lts) echo 7500 ;;
+    haris) echo 7000 ;; maris) echo 5000 ;; magnet) echo 2800 ;;
     *) echo "unknown method $1" >&2; return 1 ;;
   esac
 }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_write
 from .errors import CheckpointError, RislibError
 
 __all__ = [
@@ -34,21 +34,8 @@ __all__ = [
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` that is all-or-nothing: temp file + fsync + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """``torch.save(obj, path)`` that is all-or-nothing (:func:`rislib.atomic.atomic_write`)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, Tensor]:

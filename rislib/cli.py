@@ -33,7 +33,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv: list[str]) -> str | None:
+    """The command named in ``argv`` (the first argument that is one), or None."""
+    return next((a for a in argv if a in COMMANDS), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``rislib``; only ``command``'s module is imported to add its options
+    (every command with ``command=None``, e.g. for documentation)."""
     parser = argparse.ArgumentParser(prog="rislib", description=__doc__.splitlines()[0])
     debug_help = "show the full traceback of an error instead of one line"
     parser.add_argument("--debug", action="store_true", help=debug_help)
@@ -42,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         p.set_defaults(_module=module)
+        if command is not None and name != command:
+            continue
         try:
             importlib.import_module(module).configure(p)
         except ModuleNotFoundError as e:
@@ -87,7 +96,8 @@ def one_line(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_chosen_command(argv) or "")
     args = parser.parse_args(argv)
     if getattr(args, "_missing", False):
         parser.error(f"command {args.command!r} is not available in this installation")

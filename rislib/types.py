@@ -10,21 +10,24 @@ Conventions
   encoder applies its own normalisation (ImageNet, SAM or CLIP statistics), so a data set
   never needs to know which model will read it.
 * ``Batch.masks`` are float ``{0, 1}`` tensors ``[B, 1, H, W]`` at the input resolution.
-* ``Batch.text`` is either raw strings (the model's tokenizer turns them into ids) or an
-  already tokenised :class:`TextInput`.
+* ``Batch.text`` is a tokenised :class:`TextInput` once the data pipeline's collate has run
+  (``collate_batch(items, tokenizer)``); raw strings are accepted where a batch is written by
+  hand (``Batch(images, ["the red circle"])``): :func:`tokenize`, the one place strings
+  become ids, turns them into a :class:`TextInput` when the model prepares its input.
 * ``ModelOutput.logits`` are mask logits ``[B, 1, h, w]`` at the model's native output
   resolution (often stride 4); ``RISModel.predict`` resizes them to the input size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["TextInput", "TextFeatures", "Batch", "ModelOutput"]
+__all__ = ["TextInput", "TextFeatures", "Batch", "ModelOutput", "tokenize"]
 
 
 @dataclass
@@ -36,21 +39,35 @@ class TextInput:
         mask: ``[B, L]`` bool, True on real tokens (special tokens included).
         tokens: per sample, the token strings of the non-padded positions, in order;
             used to label attention maps ("which word is this column?").
+        texts: the expressions as written, when known (:func:`tokenize` keeps them).
     """
 
     ids: Tensor
     mask: Tensor
     tokens: list[list[str]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> TextInput:
-        return TextInput(
+        return replace(
+            self,
             ids=self.ids.to(device, non_blocking=non_blocking),
             mask=self.mask.to(device, non_blocking=non_blocking),
-            tokens=self.tokens,
         )
 
     def __len__(self) -> int:
         return self.ids.shape[0]
+
+
+def tokenize(text: Sequence[str] | TextInput, tokenizer: Callable[[list[str]], TextInput]) -> TextInput:
+    """Token ids of raw expressions (a :class:`TextInput` is returned as it is).
+
+    The one place where strings become ids: the data pipeline's collate calls it with the
+    model's tokenizer, and so does a model given a hand-written batch of strings.
+    """
+    if isinstance(text, TextInput):
+        return text
+    texts = [str(t) for t in text]
+    return replace(tokenizer(texts), texts=texts)
 
 
 @dataclass
@@ -107,15 +124,21 @@ class Batch:
         """Called by ``DataLoader(pin_memory=True)`` so host-to-device copies can overlap."""
         text = self.text
         if isinstance(text, TextInput):
-            text = TextInput(text.ids.pin_memory(), text.mask.pin_memory(), text.tokens)
+            text = replace(text, ids=text.ids.pin_memory(), mask=text.mask.pin_memory())
         masks = None if self.masks is None else self.masks.pin_memory()
         return replace(self, images=self.images.pin_memory(), text=text, masks=masks)
+
+    def tokenized(self, tokenizer: Callable[[list[str]], TextInput]) -> Batch:
+        """This batch with its text as a :class:`TextInput` (:func:`tokenize`)."""
+        if isinstance(self.text, TextInput):
+            return self
+        return replace(self, text=tokenize(self.text, tokenizer))
 
     @property
     def raw_text(self) -> list[str]:
         """The expressions as strings (joined tokens when only ids are available)."""
         if isinstance(self.text, TextInput):
-            return [" ".join(t) for t in self.text.tokens]
+            return list(self.text.texts) if self.text.texts else [" ".join(t) for t in self.text.tokens]
         return list(self.text)
 
 

@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from toy_model import ToyModel  # noqa: F401  (registers _toy_for_tests)
 
 from rislib.engine.flops import count_flops
 from rislib.engine.reference_net import ReferenceNet, fit_reference_width, reference_flops_per_sample
+
+#: the toy models (tests/toy_model.py) these tests build by name
+pytestmark = pytest.mark.usefixtures("toy_models")
 
 
 def test_count_flops_of_a_linear_layer_forward_and_backward():

@@ -134,3 +134,25 @@ def test_eval_of_a_coordinate_of_1e9_is_an_error_not_a_signal(data, tmp_path):
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     assert f"annotation {target} field 'segmentation' polygon 0: coordinate x=1000000000.0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_train_init_starts_from_the_weights_of_a_checkpoint_and_checks_the_method(capsys, data, tmp_path):
+    """``--init``: fine-tuning starts from the file's weights (one step moves them by about the
+    learning rate, far less than a fresh initialisation differs); another method is an error."""
+    torch.manual_seed(1)
+    start = build_model("xattn", "tiny", image_size=64)
+    save_model(start, tmp_path / "start.pt")
+    rc, _, _ = _run(capsys, *_train(data, tmp_path / "run", "--init", str(tmp_path / "start.pt")))
+    assert rc == 0
+    tuned = torch.load(tmp_path / "run" / "final.pt", weights_only=True)["state_dict"]
+    fresh = build_model("xattn", "tiny", image_size=64).state_dict()
+    for name, before in start.state_dict().items():
+        if before.is_floating_point() and before.numel() > 1 and before.std() > 0:
+            moved = (tuned[name] - before).abs().max().item()
+            assert moved < 0.02, f"{name} moved by {moved}"
+    assert any((fresh[k] - v).abs().max() > 0.1 for k, v in start.state_dict().items() if v.is_floating_point())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["init"] == str(tmp_path / "start.pt")
+    save_model(build_model("lts", "tiny", image_size=64), tmp_path / "lts.pt")
+    line = _error(capsys, *_train(data, tmp_path / "run2", "--init", str(tmp_path / "lts.pt")))
+    assert "lts.pt: holds a 'lts' model, not the 'xattn' asked for" in line

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 from torch import nn
-from toy_model import ToyModel  # noqa: F401  (registers _toy_for_tests)
 
 from rislib import Batch, TextInput
 from rislib.checkpoint import CheckpointMismatchError, atomic_save, load_weights, read_state_dict
@@ -26,6 +25,9 @@ from rislib.layers import AttentionRecorder, MultiHeadAttention, coord_features,
 from rislib.losses import binary_cross_entropy, dice_loss, sigmoid_focal_loss
 from rislib.models import get_config, load_model, save_model
 from rislib.models.registry import build_model
+
+#: the toy models (tests/toy_model.py) these tests build by name
+pytestmark = pytest.mark.usefixtures("toy_models")
 
 
 def test_batch_validates_shapes_with_clear_messages():

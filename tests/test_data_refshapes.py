@@ -19,7 +19,7 @@ from PIL import Image
 
 from rislib.data import ReferDataset, generate_refshapes, open_source
 from rislib.data.refshapes import RefShapesParams, generate_image, image_file_name
-from rislib.data.refshapes_render import SIZE_RANGES, ObjectSpec, place_objects
+from rislib.data.refshapes.render import SIZE_RANGES, ObjectSpec, place_objects
 
 PALETTE = {
     "red": (220, 40, 40),
@@ -482,3 +482,12 @@ def test_flipped_expressions_stay_true_on_the_mirrored_image(generated):
                 flipped_words += text != s["sent"]
                 assert denote(text, mirrored, m) == (ref["type"], {ann_index[ref["ann_id"]]}), text
     assert flipped_words > 5
+
+
+def test_former_module_names_are_the_package_modules():
+    """``rislib.data.refshapes_<part>`` (the names before the package) still import the same modules."""
+    import importlib
+
+    for part in ("render", "language", "candidates"):
+        old = importlib.import_module(f"rislib.data.refshapes_{part}")
+        assert old is importlib.import_module(f"rislib.data.refshapes.{part}")

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from toy_model import ToyModel  # noqa: F401  (registers _toy_eval_model)
 
 from rislib import Batch
 from rislib.data import RISDataset, generate_refshapes, open_source
@@ -21,6 +20,9 @@ from rislib.data.transforms import Letterbox
 from rislib.engine import Evaluator, eval_cli, evaluate, heuristics, result_path
 from rislib.engine.heuristics import available, build_heuristic, salience_scores
 from rislib.models import build_model, save_model
+
+#: the toy models (tests/toy_model.py) these tests build by name
+pytestmark = pytest.mark.usefixtures("toy_models")
 
 
 # ---- a hand-made data set: one 100 x 150 image, network input 64 x 64 -----------------------

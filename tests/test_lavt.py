@@ -8,11 +8,13 @@ stored in the golden fixtures) and the released-checkpoint loader.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from overfit import QUICK, refshapes_batch, train_on_batch
 from torch import nn
 
 from rislib import Batch
@@ -223,12 +225,11 @@ def test_official_checkpoint_loader_names_what_is_wrong(tiny):
         again.load_official_checkpoint(broken)
 
 
-def test_tiny_model_learns_refshapes_quickly(tmp_path):
-    import test_magnet as tm  # its RefShapes batch and training loop (imported as a module: not re-collected)
-
-    batch = tm._refshapes_batch(tmp_path)
+def test_tiny_model_learns_refshapes_quickly(refshapes_root):
+    recipe = dataclasses.replace(QUICK, steps=30)  # MagNet's quick recipe, 30 steps
+    batch = refshapes_batch(refshapes_root(recipe.image_size, recipe.seed), recipe.image_size)
     model = build_model("lavt", "tiny")
-    losses, miou, oiou = tm._train(model, batch, steps=30)
+    losses, miou, oiou, _, _ = train_on_batch(model, batch, recipe)
     print(f"lavt tiny, 30 steps on 8 RefShapes samples: loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
           f"mIoU {miou:.3f}, oIoU {oiou:.3f}")
     assert losses[-1] < 0.6 * losses[0], losses

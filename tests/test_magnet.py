@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import re
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
+from overfit import QUICK, refshapes_batch, train_on_batch
 from torch import nn
 
 from rislib import Batch
@@ -28,17 +28,10 @@ def _ln(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:])
 
 
-def _randomise(module: nn.Module) -> None:
-    """Non-trivial values everywhere (LayerNorm affine and zero-initialised gates included)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0, 0.5)
-
-
 # ---- image side ---------------------------------------------------------------------------------
-def test_pwam_equals_the_direct_formula_and_ignores_padding():
+def test_pwam_equals_the_direct_formula_and_ignores_padding(randomise):
     pwam = PixelWordAttentionModule(dim=C, text_dim=D)
-    _randomise(pwam)
+    randomise(pwam)
     x, words = torch.randn(B, HW, C), torch.randn(B, N, D)
     with AttentionRecorder(nn.ModuleDict({"pwam": pwam})) as rec:
         out = pwam(x, words, WORD_MASK)
@@ -60,16 +53,16 @@ def test_pwam_equals_the_direct_formula_and_ignores_padding():
     torch.testing.assert_close(pwam(x, words2, WORD_MASK)[1], out[1], atol=1e-5, rtol=1e-5)
 
 
-def test_language_gate_starts_closed_can_open_and_equals_its_formula():
+def test_language_gate_starts_closed_can_open_and_equals_its_formula(randomise):
     gate = LanguageGate(dim=D, act="relu")
     r = torch.randn(3, D)
     assert gate(r).abs().max() == 0  # closed at initialisation
     gate(r).sum().backward()
     assert gate.fc2.weight.grad.abs().max() > 0  # not the dead W1 = W2 = 0 fixed point
-    _randomise(gate)
+    randomise(gate)
     torch.testing.assert_close(gate(r), torch.tanh(F.relu(r @ gate.fc1.weight.T) @ gate.fc2.weight.T) * r)
     g2 = LanguageGate(dim=D, act="gelu")
-    _randomise(g2)
+    randomise(g2)
     torch.testing.assert_close(g2(r), torch.tanh(F.gelu(r @ g2.fc1.weight.T) @ g2.fc2.weight.T) * r)
     with pytest.raises(ValueError, match="act must be one of"):
         LanguageGate(dim=D, act="tanh")
@@ -92,9 +85,9 @@ def test_masked_instance_norm_matches_torch_instance_norm_on_the_real_positions(
     torch.testing.assert_close(masked_instance_norm(x, WORD_MASK)[1:, :3], real, atol=1e-5, rtol=1e-5)
 
 
-def test_language_pwam_equals_the_direct_formula():
+def test_language_pwam_equals_the_direct_formula(randomise):
     lp = LanguagePWAM(text_dim=D, visual_dim=C)
-    _randomise(lp)
+    randomise(lp)
     x, words = torch.randn(B, HW, C), torch.randn(B, N, D)
     out = lp(words, WORD_MASK, x)
     a = lp.attention
@@ -114,9 +107,9 @@ def test_language_pwam_equals_the_direct_formula():
     torch.testing.assert_close(lp(longer, mask_longer, x)[:, :N][real], out[real], atol=1e-5, rtol=1e-5)
 
 
-def test_language_mask_quirk_gives_uniform_attention_for_real_words():
+def test_language_mask_quirk_gives_uniform_attention_for_real_words(randomise):
     lp = LanguagePWAM(text_dim=D, visual_dim=C, mask_quirk=True)
-    _randomise(lp)
+    randomise(lp)
     with AttentionRecorder(nn.ModuleDict({"lp": lp})) as rec:
         lp(torch.randn(B, N, D), WORD_MASK, torch.randn(B, HW, C))
     w = rec.maps["lp.attention.attn"][:, 0]  # [B, N, HW]
@@ -128,9 +121,9 @@ def test_language_mask_quirk_gives_uniform_attention_for_real_words():
 
 
 # ---- CAM and the stage ------------------------------------------------------------------------
-def test_cam_equals_the_direct_formula():
+def test_cam_equals_the_direct_formula(randomise):
     cam = CrossModalAlignmentModule(dim=C, text_dim=D)
-    _randomise(cam)
+    randomise(cam)
     x, f, words = torch.randn(B, C, 6, 6), torch.randn(B, 36, C), torch.randn(B, N, D)
     out = cam(x, f, words, WORD_MASK)
     parts = []
@@ -147,9 +140,9 @@ def test_cam_equals_the_direct_formula():
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_stage_fusion_reads_pre_fusion_features_in_both_directions():
+def test_stage_fusion_reads_pre_fusion_features_in_both_directions(randomise):
     stage = MagNetStageFusion(dim=C, text_dim=D)
-    _randomise(stage)
+    randomise(stage)
     x, words = torch.randn(B, 2, 3, C), torch.randn(B, N, D)
     out, x_next, words_next = stage(x, words, WORD_MASK)
     tokens = x.reshape(B, HW, C)
@@ -323,10 +316,10 @@ def test_tiny_forward_loss_and_gradients(tiny):
     assert torch.equal(model.predict(batch), ref > 0.5)
 
 
-def test_interleaving_order_strides_and_channels(tiny):
+def test_interleaving_order_strides_and_channels(tiny, randomise):
     model = tiny.eval()
     for f in model.fusions:
-        _randomise(f.image_gate)  # open gates, so the fused stream visibly differs from the plain one
+        randomise(f.image_gate)  # open gates, so the fused stream visibly differs from the plain one
     batch = _batch()
     text = model.prepare_text(batch.text, torch.device("cpu"))
     with torch.no_grad():
@@ -395,60 +388,13 @@ def test_save_load_round_trip(tiny, tmp_path):
         torch.testing.assert_close(again(batch).logits, tiny(batch).logits)
 
 
-def _refshapes_batch(root) -> Batch:
-    """Eight RefShapes referents (one sentence each, several per image) at 128 px."""
-    from rislib.data import RISDataset, collate_batch, generate_refshapes, open_source
-
-    generate_refshapes(root, seed=3, size=128, counts={"train": 8}, workers=0, progress=False)
-    ds = RISDataset(open_source(root, "refshapes"), "train", mode="eval", image_size=128)
-    first: dict[int, int] = {}
-    for i in range(len(ds)):
-        first.setdefault(ds[i]["meta"]["ref_id"], i)
-    return collate_batch([ds[i] for i in list(first.values())[:8]])
-
-
-def _train(model, batch: Batch, steps: int, one_cycle: bool = False) -> tuple[list[float], float, float]:
-    """AdamW (lr 2e-3, or a one-cycle schedule peaking there; clipping 1.0) on one batch.
-
-    Returns the losses and the mIoU / oIoU of ``model.predict`` afterwards."""
-    opt = torch.optim.AdamW(model.param_groups(lr=2e-3, weight_decay=0.0))
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps, pct_start=0.1
-    ) if one_cycle else None
-    losses = []
-    model.train()
-    for _ in range(steps):
-        loss = model.loss(batch, model(batch))["total"]
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if sched is not None:
-            sched.step()
-        losses.append(loss.item())
-    pred, target = model.predict(batch), batch.masks.bool()
-    inter, union = (pred & target).flatten(1).sum(1).float(), (pred | target).flatten(1).sum(1).float()
-    return losses, (inter / union).mean().item(), (inter.sum() / union.sum()).item()
-
-
-def test_tiny_model_learns_refshapes_quickly(tmp_path):
-    batch = _refshapes_batch(tmp_path)
+def test_tiny_model_learns_refshapes_quickly(refshapes_root):
+    batch = refshapes_batch(refshapes_root(QUICK.image_size, QUICK.seed), QUICK.image_size)
     model = build_model("magnet", "tiny")
-    start = time.process_time()
-    losses, miou, oiou = _train(model, batch, steps=20)
+    losses, miou, oiou, _, seconds = train_on_batch(model, batch, QUICK)
     assert losses[-1] < 0.6 * losses[0], losses
     assert oiou > 0.2, (miou, oiou)  # about 0.35; an untrained model predicts almost nothing
-    assert time.process_time() - start < 60  # about 25 s on a busy 2-core machine
-
-
-@pytest.mark.slow
-def test_tiny_overfits_eight_refshapes_samples(tmp_path):
-    """Full model, all losses on: about 0.93 oIoU / 0.90 mIoU after 150 steps (~3 min on one core)."""
-    batch = _refshapes_batch(tmp_path)
-    model = build_model("magnet", "tiny")
-    losses, miou, oiou = _train(model, batch, steps=150, one_cycle=True)
-    assert oiou > 0.9 and miou > 0.85, (miou, oiou)
-    assert losses[-1] < 0.1 * losses[0]
+    assert seconds < 60  # about 25 s on a busy 2-core machine
 
 
 @pytest.mark.slow

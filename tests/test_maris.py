@@ -4,7 +4,6 @@ token, ablation switches, official-layout SAM checkpoints, PEFT, presets and ove
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from functools import partial
 
@@ -40,13 +39,6 @@ def _batch(size: int = 64, n: int = 4) -> Batch:
     )
 
 
-def _randomise(module: nn.Module, std: float = 0.2) -> None:
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
 def _layer_norm(x, ln: nn.LayerNorm):
     mu = x.mean(-1, keepdim=True)
     var = ((x - mu) ** 2).mean(-1, keepdim=True)
@@ -70,12 +62,12 @@ def _ffn(mlp, x):
     return mlp.layers[1](F.gelu(mlp.layers[0](x)))
 
 
-def test_vga_and_lga_equal_their_equations():
+def test_vga_and_lga_equal_their_equations(randomise):
     dim, heads = 16, 2
     vga = VisionGuidedAttention(dim=dim, num_heads=heads, ffn_dim=24)
     lga = LanguageGuidedAttention(dim=dim, num_heads=heads, ffn_dim=24)
-    _randomise(vga)
-    _randomise(lga)
+    randomise(vga, 0.2, seed=7)
+    randomise(lga, 0.2, seed=7)
     fv, fl = torch.randn(2, 6, dim), torch.randn(2, 4, dim)
     m = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
     # VGA: F_v' = LN(F_v + MHA(F_v, F_l, m)), F_v'' = LN(F_v' + FFN(F_v'))
@@ -112,22 +104,22 @@ def test_mutual_aware_block_branches_are_parallel_and_switches_remove_only_their
     assert not any(k.startswith("vga.") for k in no_vga.state_dict())
 
 
-def test_feature_enhancement_starts_at_the_neck_and_adds_projected_taps():
+def test_feature_enhancement_starts_at_the_neck_and_adds_projected_taps(randomise):
     fe = FeatureEnhancement(tap_channels=(8, 8), dim=4)
     taps, neck = [torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)], torch.randn(2, 4, 3, 3)
     assert torch.equal(fe(taps, neck), neck)  # zero-initialised projections
-    _randomise(fe)
+    randomise(fe, 0.2, seed=7)
     expected = neck + sum(p[1](p[0](t)) for p, t in zip(fe.projs, taps))
     torch.testing.assert_close(fe(taps, neck), expected)
     with pytest.raises(ValueError, match="expected 2 tapped maps"):
         fe(taps[:1], neck)
 
 
-def test_two_way_transformer_equals_segment_anything_and_ignores_padding():
+def test_two_way_transformer_equals_segment_anything_and_ignores_padding(randomise):
     ours = TwoWayTransformer(depth=2, dim=32, num_heads=4, mlp_dim=48)
     sam = SamTwoWayTransformer(depth=2, embedding_dim=32, num_heads=4, mlp_dim=48)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in sam.state_dict().items()}
-    _randomise(sam)
+    randomise(sam, 0.2, seed=7)
     ours.load_state_dict(sam.state_dict())
     img, pe, tok = torch.randn(2, 32, 4, 5), torch.randn(1, 32, 4, 5), torch.randn(2, 3, 32)
     q_ref, k_ref = sam(img, pe.expand(2, -1, -1, -1), tok)
@@ -228,7 +220,7 @@ def test_ablation_switches_change_what_they_should_and_only_that():
         build_model("maris", "tiny", peft="lora")
 
 
-def _official_tiny_sam(dim: int = 64, mlp_dim: int = 256) -> Sam:
+def _official_tiny_sam(randomise, dim: int = 64, mlp_dim: int = 256) -> Sam:
     """segment_anything's own Sam at the tiny preset's sizes, every parameter random."""
     encoder = ImageEncoderViT(
         img_size=128, patch_size=8, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4, out_chans=dim,
@@ -243,12 +235,12 @@ def _official_tiny_sam(dim: int = 64, mlp_dim: int = 256) -> Sam:
         iou_head_hidden_dim=dim,
     )
     sam = Sam(image_encoder=encoder, prompt_encoder=prompt, mask_decoder=decoder)
-    _randomise(sam, std=0.05)
+    randomise(sam, 0.05, seed=7)
     return sam
 
 
-def test_official_layout_sam_checkpoint_loads_and_wrong_shapes_are_refused(tmp_path):
-    sam = _official_tiny_sam()
+def test_official_layout_sam_checkpoint_loads_and_wrong_shapes_are_refused(tmp_path, randomise):
+    sam = _official_tiny_sam(randomise)
     sd = sam.state_dict()
     assert {k.split(".")[0] for k in sd} == {"image_encoder", "prompt_encoder", "mask_decoder"}
     torch.save(sd, tmp_path / "sam_tiny.pth")
@@ -284,7 +276,7 @@ def test_official_layout_sam_checkpoint_loads_and_wrong_shapes_are_refused(tmp_p
         "vision_encoder.blocks.*.mlp.adapter", "feature_enhancement", "text_proj", "fusion", "decoder.query_mlp"
     }
     # a decoder of another MLP width is refused, naming the tensor
-    torch.save(_official_tiny_sam(mlp_dim=128).state_dict(), tmp_path / "other.pth")
+    torch.save(_official_tiny_sam(randomise, mlp_dim=128).state_dict(), tmp_path / "other.pth")
     with pytest.raises(CheckpointMismatchError, match=r"transformer\.layers\.0\.mlp\.lin1\.weight"):
         build_model("maris", "tiny", vision_checkpoint=str(tmp_path / "other.pth"))
     torch.save({"model": {"foo.weight": torch.zeros(1)}}, tmp_path / "junk.pth")
@@ -342,35 +334,6 @@ def test_tiny_preset_parameter_counts_and_presets_are_data():
     assert PRESETS["paper"].max_tokens == 20
     assert [default_adapter_rank(w) for w in (1280, 768, 96)] == [64, 32, 8]  # ViT-H, ViT-B, tiny
     assert PRESETS["small"].text == "minilm" and PRESETS["small"].freeze_text
-
-
-def test_tiny_model_overfits_eight_refshapes_samples(tmp_path):
-    from rislib.data import RISDataset, collate_batch, generate_refshapes, open_source
-
-    generate_refshapes(tmp_path, counts={"train": 8}, size=64, workers=0, progress=False)
-    data = RISDataset(open_source(tmp_path, "refshapes"), "train", mode="eval", image_size=64)
-    batch = collate_batch([data[i] for i in range(8)])
-    torch.manual_seed(0)
-    model = build_model("maris", "tiny")
-    opt = torch.optim.AdamW(model.param_groups(lr=2e-3, weight_decay=0.0))
-    start, iou, losses = time.process_time(), 0.0, []
-    for step in range(1, 151):
-        model.train()
-        loss = model.loss(batch, model(batch))["total"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if step >= 60 and step % 5 == 0:
-            pred, gt = model.predict(batch), batch.masks > 0.5
-            iou = ((pred & gt).flatten(1).sum(1) / (pred | gt).flatten(1).sum(1).clamp_min(1)).mean().item()
-            if iou > 0.9:
-                break
-    seconds = time.process_time() - start
-    print(f"MARIS tiny overfit: mIoU {iou:.3f} after {step} steps, {seconds:.1f} s CPU")
-    assert iou > 0.9, f"IoU {iou:.3f} after {step} steps (losses {losses[0]:.2f} -> {losses[-1]:.2f})"
-    assert losses[-1] < 0.2 * losses[0]
-    assert seconds < 45, f"{seconds:.0f} s CPU"
 
 
 @pytest.mark.slow

@@ -7,9 +7,14 @@ import json
 
 import pytest
 import torch
-from toy_model import ToyModel  # noqa: F401  (registers _toy_for_tests)
 
+from rislib.data import RISDataset, open_source
+from rislib.engine.evaluator import evaluate
 from rislib.models import available_pretrained, build_model, load_pretrained, pretrained_info, save_model
+from rislib.models.pretrained import CHECK_IMAGES, CHECK_SPLITS, generate_check_subset
+
+#: the toy models (tests/toy_model.py) these tests build by name
+pytestmark = pytest.mark.usefixtures("toy_models")
 
 
 def test_load_pretrained_reads_a_folder_of_shipped_models(tmp_path, monkeypatch):
@@ -31,3 +36,35 @@ def test_load_pretrained_reads_a_folder_of_shipped_models(tmp_path, monkeypatch)
     with pytest.raises(KeyError, match="no shipped model 'nope'.*available: \\['toy-tiny-refshapes'\\]"):
         load_pretrained("nope")
     assert available_pretrained(tmp_path / "missing") == []
+
+
+SHIPPED_METHODS = ("concat", "xattn", "lts", "haris", "maris", "magnet")
+
+
+def test_every_method_ships_a_trained_tiny_model():
+    shipped = set(available_pretrained())
+    missing = [m for m in SHIPPED_METHODS if f"{m}-tiny-refshapes" not in shipped]
+    assert not missing, f"benchmarks/checkpoints lacks the trained tiny model of {missing}"
+
+
+@pytest.fixture(scope="module")
+def check_subset(tmp_path_factory):
+    return generate_check_subset(tmp_path_factory.mktemp("check_subset"))
+
+
+@pytest.mark.parametrize("name", [f"{m}-tiny-refshapes" for m in SHIPPED_METHODS])
+def test_shipped_model_reproduces_its_recorded_metrics(name, check_subset):
+    """Re-score the shipped file on the regenerated check subset: within 0.5 mIoU of eval.json."""
+    if name not in available_pretrained():
+        pytest.fail(f"{name} is not shipped")
+    recorded = pretrained_info(name)["eval"]["subset"]
+    assert recorded["images_per_split"] == CHECK_IMAGES
+    model = load_pretrained(name)
+    source = open_source(check_subset, "refshapes")
+    for split in CHECK_SPLITS:
+        dataset = RISDataset(source, split, mode="eval", image_size=model.config.image_size)
+        metrics = evaluate(model, dataset, batch_size=64, progress=False).metrics
+        want = recorded["splits"][split]
+        assert metrics["n"] == want["n"], f"{name} {split}: the check subset changed ({metrics['n']} vs {want['n']})"
+        got = metrics["mIoU"]
+        assert abs(got - want["mIoU"]) <= 0.5, f"{name} {split}: mIoU {got:.2f}, recorded {want['mIoU']:.2f}"

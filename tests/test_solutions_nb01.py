@@ -7,7 +7,7 @@ import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
-from rislib.data.refshapes_language import NP, Ord, Scene, SceneObject, evaluate
+from rislib.data.refshapes.language import NP, Ord, Scene, SceneObject, evaluate
 from rislib.data.transforms import resize_pair
 from solutions.nb01 import decode_rle_string, letterbox_geometry, ordinal_referent
 

@@ -13,16 +13,9 @@ from rislib.layers import AttentionRecorder
 from solutions import nb03
 
 
-def _randomize(module: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, 0.3)
-    return module.eval()
-
-
 @pytest.mark.parametrize("heads", [1, 2])
-def test_language_pwam_matches_rislib_on_real_words(heads):
-    module = _randomize(LanguagePWAM(text_dim=16, visual_dim=24, num_heads=heads))
+def test_language_pwam_matches_rislib_on_real_words(heads, randomise):
+    module = randomise(LanguagePWAM(text_dim=16, visual_dim=24, num_heads=heads), 0.3).eval()
     words, x = torch.randn(3, 7, 16), torch.randn(3, 30, 24)
     mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [True] * 2 + [False] * 5])
     with torch.no_grad():

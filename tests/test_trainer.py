@@ -1,7 +1,8 @@
 """The training engine: schedules, parameter groups, accumulation, NaN stop, files, recipes.
 
-The toy model and data set defined here are also used by ``test_resume.py`` and
-``test_ddp.py`` (also from subprocesses), so they live at module level.
+The toy data set defined here and :func:`build_toy` (the BatchNorm-free toy model of
+``toy_model.py``) are also used by ``test_resume.py`` and ``test_ddp.py`` (also from
+subprocesses), so they live at module level.
 """
 
 from __future__ import annotations
@@ -9,76 +10,27 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.utils.data import Dataset
+from toy_model import TrainerToyModel, register_toy_models
 
-from rislib import Batch, ModelOutput
-from rislib.encoders import build_text_encoder
-from rislib.encoders.base import VisionEncoder
+from rislib import Batch
 from rislib.engine.distributed import ShardedEpochSampler
 from rislib.engine.ema import ModelEMA
 from rislib.engine.recipes import get_recipe
 from rislib.engine.trainer import LRSchedule, NonFiniteLossError, TrainConfig, Trainer, find_checkpoints, lr_factor
-from rislib.losses import binary_cross_entropy, dice_loss
-from rislib.models import ModelConfig, RISModel, load_model, register_model
+from rislib.models import load_model
 
 
-# ---- a BatchNorm-free toy model and a toy data set -------------------------------------------
-class _ConvEncoder(VisionEncoder):
-    """Two strided convolutions, no normalisation layer (so accumulation/DDP are exact)."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, width, 3, stride=2, padding=1)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=2, padding=1)
-        self.channels, self.strides = (width,), (4,)
-
-    def forward_features(self, x):
-        return [F.relu(self.conv2(F.relu(self.conv1(x))))]
-
-
-@dataclass
-class ToyConfig(ModelConfig):
-    image_size: int = 32
-    width: int = 8
-    dropout: float = 0.0
-
-
-@register_model("_trainer_toy", config_cls=ToyConfig, presets={"tiny": ToyConfig()}, summary="trainer tests only")
-class ToyModel(RISModel):
-    def __init__(self, config: ToyConfig) -> None:
-        super().__init__(config)
-        w = config.width
-        self.vision_encoder = _ConvEncoder(w)
-        self.text_encoder = build_text_encoder("tiny_transformer", dim=w, depth=1, num_heads=2)
-        self.fuse = nn.Conv2d(w + 8, w, 3, padding=1)
-        self.drop = nn.Dropout2d(config.dropout)
-        self.head = nn.Conv2d(w, 1, 1)
-        self.poison = 1.0  # multiplies the dice term; the NaN test sets it to nan
-
-    def forward(self, batch: Batch) -> ModelOutput:
-        text = self.prepare_text(batch.text, batch.images.device)
-        f = self.vision_encoder(batch.images)[0]  # [B, w, H/4, W/4]
-        s = self.text_encoder(text.ids, text.mask).sentence  # [B, w]
-        xy = torch.linspace(-1, 1, f.shape[-1], device=f.device)
-        coords = torch.stack(torch.meshgrid(xy, xy, indexing="xy")).expand(f.shape[0], 2, -1, -1)
-        x = torch.cat([f * s[:, :, None, None], coords, coords**2, coords**3, coords.abs()], 1)
-        return ModelOutput(self.head(self.drop(F.relu(self.fuse(x)))))
-
-    def loss(self, batch, output):
-        bce = binary_cross_entropy(output.logits, batch.masks)
-        dice = dice_loss(output.logits, batch.masks) * self.poison
-        return {"bce": bce, "dice": dice, "total": bce + 0.5 * dice}
-
-
-def build_toy(**overrides) -> ToyModel:
+# ---- a BatchNorm-free toy model (tests/toy_model.py) and a toy data set ---------------------------
+def build_toy(**overrides) -> TrainerToyModel:
+    """The ``_trainer_toy`` model (registered on first use; subprocesses of the DDP tests too)."""
     from rislib.models import build_model
 
+    register_toy_models()
     return build_model("_trainer_toy", "tiny", **overrides)  # type: ignore[return-value]
 
 
@@ -290,7 +242,7 @@ def test_fit_loss_falls_and_writes_logs_curves_summary_checkpoints(tmp_path):
         assert torch.equal(final.state_dict()[k], v.cpu())
     best = torch.load(res.best_checkpoint, weights_only=True)
     assert best["metrics"]["mIoU"] == summary["best"]["value"]
-    assert isinstance(load_model(res.best_checkpoint), ToyModel)
+    assert isinstance(load_model(res.best_checkpoint), TrainerToyModel)
 
 
 def test_nan_loss_stops_with_step_and_term_and_keeps_last_good_checkpoint(tmp_path):

@@ -129,6 +129,8 @@ def test_split_layer() -> None:
 
 
 # ---- every model ---------------------------------------------------------------------------
+#: every method, named explicitly so that the parametrisation is the same however the tests are collected
+METHODS = ["concat", "haris", "lavt", "lts", "magnet", "maris", "xattn"]
 EXPECTED_KINDS = {
     "concat": set(),
     "xattn": {"pixel_to_word", "pixel_to_pixel"},
@@ -140,7 +142,11 @@ EXPECTED_KINDS = {
 }
 
 
-@pytest.mark.parametrize("name", available())
+def test_method_list_names_every_registered_method():
+    assert sorted(METHODS) == sorted(n for n in available() if not n.startswith("_"))
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_every_model_maps_become_heatmaps(name: str) -> None:
     model = build_model(name, preset="tiny", image_size=S)
     text = "the small red circle left of the star"

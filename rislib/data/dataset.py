@@ -33,11 +33,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..types import Batch
+from ..atomic import atomic_write
+from ..types import Batch, TextInput
 from .errors import DataFormatError
 from .transforms import RESIZE_MODES, flip_expression, image_to_tensor, mask_to_tensor, resize_pair
 
-__all__ = ["RISDataset", "collate_batch", "PRELOAD_FORMAT"]
+__all__ = ["RISDataset", "collate_batch", "TokenizingCollate", "PRELOAD_FORMAT"]
 
 PRELOAD_FORMAT = 1  # bump when the layout of the preload arrays changes
 
@@ -259,14 +260,10 @@ class RISDataset(Dataset):
                 boxes[i] = (letterbox.scale, *letterbox.offset, *letterbox.resized)
         self._preloaded = {"images": images, "masks": masks, "rows": rows, "orig": orig, "letterbox": boxes}
         if path is not None:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            arrays = self._preloaded
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with open(tmp, "wb") as f:
-                    np.savez(f, **self._preloaded)
-                os.replace(tmp, path)
+                atomic_write(path, lambda f: np.savez(f, **arrays))
             except OSError as e:  # a read-only data root: the arrays stay in memory only
-                tmp.unlink(missing_ok=True)
                 warnings.warn(f"{path}: could not save the preloaded arrays ({e})", stacklevel=2)
         return self
 
@@ -332,10 +329,31 @@ class RISDataset(Dataset):
         return info(ref)["file_name"] if info is not None else ref.get("file_name", "")
 
 
-def collate_batch(items: list[dict[str, Any]]) -> Batch:
-    """Stack dataset items into a :class:`~rislib.types.Batch` (text stays raw strings)."""
+def collate_batch(items: list[dict[str, Any]], tokenizer: Callable[[list[str]], TextInput] | None = None) -> Batch:
+    """Stack dataset items into a :class:`~rislib.types.Batch`; with a ``tokenizer`` (the model's)
+    the expressions become a :class:`~rislib.types.TextInput`, else they stay raw strings."""
     if not items:
         raise ValueError("collate_batch: got an empty list of items")
     images = torch.stack([it["image"] for it in items])  # [B, 3, S, S]
     masks = torch.stack([it["mask"] for it in items]) if all("mask" in it for it in items) else None  # [B, 1, S, S]
-    return Batch(images=images, text=[it["text"] for it in items], masks=masks, meta=[it["meta"] for it in items])
+    batch = Batch(images=images, text=[it["text"] for it in items], masks=masks, meta=[it["meta"] for it in items])
+    return batch if tokenizer is None else batch.tokenized(tokenizer)
+
+
+class TokenizingCollate:
+    """``collate_fn`` for a DataLoader: ``collate_fn(items)``, then its text tokenised once with
+    the model's ``tokenizer`` (in the loader's workers, so that a training or evaluation step
+    receives token ids only and ``torch.compile`` sees tensors only).
+
+    Args:
+        collate_fn: items -> :class:`~rislib.types.Batch` (:func:`collate_batch` by default).
+        tokenizer: the model's tokenizer.
+    """
+
+    def __init__(
+        self, tokenizer: Callable[[list[str]], TextInput], collate_fn: Callable[[list[Any]], Batch] = collate_batch
+    ) -> None:
+        self.collate_fn, self.tokenizer = collate_fn, tokenizer
+
+    def __call__(self, items: list[Any]) -> Batch:
+        return self.collate_fn(items).tokenized(self.tokenizer)

@@ -61,7 +61,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import (
@@ -72,6 +71,7 @@ from ..layers import (
     sine_position_embedding_2d,
     unflatten_hw,
 )
+from ..layers.attention import attend, merge_heads, split_heads
 from ..layers.resize import resize_bilinear
 
 __all__ = ["MultiScalePixelDecoder", "MaskedQueryDecoder", "masked_attention_bias", "POSITION_EMBEDDINGS"]
@@ -111,11 +111,11 @@ class _TokenSelfAttention(MultiHeadAttention):
     def forward(self, x: Tensor, pos: Tensor) -> Tensor:  # type: ignore[override]
         """``x [B, N, C]`` with positions ``pos [B or 1, N, C]`` added to queries and keys."""
         qk = x + pos
-        q = self._split(self.q_proj(qk))  # [B, h, N, d]
-        k = self._split(self.k_proj(qk))
-        v = self._split(self.v_proj(x))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).flatten(2))  # [B, h, N, d] -> [B, N, C]
+        q = split_heads(self.q_proj(qk), self.num_heads)  # [B, N, C] -> [B, h, N, d]
+        k = split_heads(self.k_proj(qk), self.num_heads)
+        v = split_heads(self.v_proj(x), self.num_heads)
+        out = attend(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # module=None: never recorded
+        return self.out_proj(merge_heads(out))  # [B, h, N, d] -> [B, N, C]
 
 
 class _EncoderLayer(nn.Module):

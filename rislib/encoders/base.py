@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..types import TextFeatures, TextInput
+from ..types import TextFeatures, TextInput, tokenize
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -35,7 +35,32 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class VisionEncoder(nn.Module, ABC):
+class EncoderTraits:
+    """What a model needs to know about an encoder to build it and fine-tune it efficiently.
+
+    Every encoder declares these as class attributes (or properties); the model-level code
+    (:class:`rislib.models.base.RISModel`) reads them instead of the encoder's internals.
+
+    Attributes:
+        family: the encoder's name in messages (``"SAM"``, ``"CLIP image"``); empty: the tower's.
+        adapter_pattern: glob of the submodules that parallel adapters wrap (a transformer
+            block's MLP); None when the encoder has no such place (``peft="adapter"`` is
+            then an error).
+        weights_need_checkpoint: True when the weights come from a checkpoint only, so that
+            the encoder built without one is random (freezing it is then worth a warning).
+    """
+
+    family: str = ""
+    adapter_pattern: str | None = None
+    weights_need_checkpoint: bool = False
+
+    @property
+    def adapter_width(self) -> int | None:
+        """Width of the modules at ``adapter_pattern`` (None without adapters)."""
+        return None
+
+
+class VisionEncoder(EncoderTraits, nn.Module, ABC):
     """Base class of image encoders producing a list of multi-scale feature maps.
 
     Subclasses set ``channels`` and ``strides`` (one entry per returned map) and implement
@@ -169,7 +194,7 @@ class WordTokenizer(Tokenizer):
         return [self.itos[i] if 0 <= i < len(self.itos) else "[UNK]" for i in ids]
 
 
-class TextEncoder(nn.Module, ABC):
+class TextEncoder(EncoderTraits, nn.Module, ABC):
     """Base class of expression encoders.
 
     Subclasses set ``dim`` (width of word and sentence features) and ``tokenizer``.
@@ -184,7 +209,7 @@ class TextEncoder(nn.Module, ABC):
 
     def encode(self, texts: Sequence[str] | TextInput, device: torch.device | None = None) -> TextFeatures:
         """Tokenise (when given strings) and encode."""
-        text = texts if isinstance(texts, TextInput) else self.tokenizer(texts)
+        text = tokenize(texts, self.tokenizer)
         if device is None:
             device = next(self.parameters()).device
         return self(text.ids.to(device), text.mask.to(device))

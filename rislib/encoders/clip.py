@@ -154,9 +154,15 @@ class CLIPVisionEncoder(VisionEncoder):
         with ``C = config.hidden_size`` and ``p = config.patch_size``.
     """
 
+    family = "CLIP image"
     #: glob of the blocks' MLPs, where parallel adapters go
     #: (docs/methods/haris.md#loss-adapters-and-recipe [proposal]).
     adapter_pattern = "model.encoder.layers.*.mlp"
+    weights_need_checkpoint = True
+
+    @property
+    def adapter_width(self) -> int:
+        return self.channels[0]
 
     def __init__(
         self,
@@ -282,7 +288,13 @@ class CLIPTextEncoder(TextEncoder):
         (the feature at the last real token, which is end-of-text: CLIP's pooled output).
     """
 
+    family = "CLIP text"
     adapter_pattern = "model.encoder.layers.*.mlp"
+    weights_need_checkpoint = True
+
+    @property
+    def adapter_width(self) -> int:
+        return self.dim
 
     def __init__(
         self,
@@ -323,7 +335,7 @@ class CLIPTextEncoder(TextEncoder):
 # ---- builders -----------------------------------------------------------------------------
 
 
-@register_vision_encoder("clip_vit_b16")
+@register_vision_encoder("clip_vit_b16", from_config=("img_size", "checkpoint"))
 def clip_vit_b16(
     *,
     img_size: int = 224,
@@ -339,7 +351,7 @@ def clip_vit_b16(
     )
 
 
-@register_vision_encoder("clip_tiny")
+@register_vision_encoder("clip_tiny", from_config=("img_size", "checkpoint"))
 def clip_tiny(
     *,
     img_size: int = 128,
@@ -371,7 +383,7 @@ def _has_bpe_files(folder: str | os.PathLike | None) -> bool:
     return folder is not None and (Path(folder) / "vocab.json").is_file() and (Path(folder) / "merges.txt").is_file()
 
 
-@register_text_encoder("clip_text_b16")
+@register_text_encoder("clip_text_b16", from_config=("checkpoint",))
 def clip_text_b16(
     *,
     tokenizer: str | os.PathLike | None = None,
@@ -403,7 +415,7 @@ def clip_text_b16(
     return CLIPTextEncoder(config=config, tokenizer=tok, checkpoint=checkpoint)
 
 
-@register_text_encoder("clip_text_tiny")
+@register_text_encoder("clip_text_tiny", from_config=("checkpoint",))
 def clip_text_tiny(
     *,
     width: int = 64,

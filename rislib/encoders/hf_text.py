@@ -195,8 +195,9 @@ class BertTextEncoder(TextEncoder):
         gradient_checkpointing: recompute layer activations in backward to save memory.
 
     ``forward(ids [B, L], mask [B, L])`` -> ``TextFeatures(words [B, L, C], sentence [B, C], mask)``
-    with ``C = config.hidden_size``. The submodule ``bert`` is the ``BertModel``; methods that
-    interleave BERT with vision (MagNet) call its ``embeddings`` and ``encoder.layer[i]``.
+    with ``C = config.hidden_size``. Methods that interleave BERT with vision (MagNet) run it
+    layer by layer: :meth:`embed`, :meth:`attention_mask_of`, :meth:`run_layers`, with
+    :attr:`num_layers` layers.
     """
 
     def __init__(
@@ -258,6 +259,39 @@ class BertTextEncoder(TextEncoder):
         if self.normalize_sentence:
             sentence = torch.nn.functional.normalize(sentence, dim=-1)
         return TextFeatures(words=words, sentence=sentence, mask=mask)
+
+    # ---- layer by layer (for methods that interleave the text layers with vision) --------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.bert.encoder.layer)
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the word-embedding table."""
+        return self.bert.embeddings.word_embeddings.num_embeddings
+
+    @property
+    def word_embeddings(self) -> Tensor:
+        """The word-embedding table ``[vocab_size, C]`` (a parameter: tied output layers read it)."""
+        return self.bert.embeddings.word_embeddings.weight
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """Token, position and type embeddings: ``ids [B, L]`` -> ``[B, L, C]``."""
+        return self.bert.embeddings(input_ids=ids)
+
+    def attention_mask_of(self, words: Tensor, mask: Tensor) -> Tensor | None:
+        """The attention mask the layers take, for embedded ``words [B, L, C]`` and ``mask [B, L]``."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(config=self.bert.config, inputs_embeds=words, attention_mask=mask)
+
+    def run_layers(self, words: Tensor, attention_mask: Tensor | None, start: int, end: int) -> Tensor:
+        """Layers ``start`` to ``end - 1`` on ``words [B, L, C]`` (``attention_mask`` from
+        :meth:`attention_mask_of`) -> ``[B, L, C]``."""
+        for layer in self.bert.encoder.layer[start:end]:
+            out = layer(words, attention_mask=attention_mask)
+            words = out[0] if isinstance(out, tuple) else out
+        return words
 
 
 def _bert_config(**kwargs: Any) -> BertConfig:

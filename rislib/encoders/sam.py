@@ -274,6 +274,15 @@ class SamImageEncoder(VisionEncoder):
             its activations (training at 1024 px with adapters; same results, less memory).
     """
 
+    family = "SAM"
+    #: the blocks' MLPs, where MARIS's parallel adapters go (docs/methods/maris.md#adapters)
+    adapter_pattern = "blocks.*.mlp"
+    weights_need_checkpoint = True
+
+    @property
+    def adapter_width(self) -> int:
+        return self.spec.embed_dim
+
     def __init__(
         self,
         *,

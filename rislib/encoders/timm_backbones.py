@@ -133,6 +133,25 @@ class TimmBackbone(VisionEncoder):
             sd = self.checkpoint_filter(sd, self.body)
         return load_weights(self.body, sd, source=source, allow_unexpected=list(_escape(self.dropped_keys)))
 
+    # ---- stage by stage (for methods that fuse language inside the backbone) ------------------
+    @property
+    def stages(self) -> nn.ModuleList | None:
+        """The hierarchical stages of a Swin-style backbone (patch embedding separate, four stages
+        mapping ``[B, h, w, C]`` grids, patch merging first from stage 2 on); None for others."""
+        layers = getattr(self.body, "layers", None)
+        if not hasattr(self.body, "patch_embed") or layers is None or len(layers) != 4:
+            return None
+        return layers
+
+    def embed_patches(self, images: Tensor) -> Tensor:
+        """``images [B, 3, H, W]`` in ``[0, 1]`` -> patch tokens ``[B, H'/4, W'/4, C]``: normalised,
+        zero-padded on the right and bottom to a multiple of 4 (the released ``PatchEmbed``'s
+        padding), then embedded."""
+        x = self.normalize(images)
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % 4, 0, -h % 4))  # [B, 3, H', W'], multiples of 4
+        return self.body.patch_embed(x)
+
     def forward_features(self, x: Tensor) -> list[Tensor]:
         h, w = x.shape[-2:]
         if h % self.size_divisor or w % self.size_divisor:

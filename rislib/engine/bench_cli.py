@@ -49,7 +49,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -58,6 +57,7 @@ from typing import Any
 
 import torch
 
+from ..provenance import describe_device, git_commit
 from ..types import Batch
 
 __all__ = [
@@ -187,11 +187,8 @@ def run_benchmark(
     FLOP-matched :class:`~rislib.engine.reference_net.ReferenceNet` next to each model.
     ``overrides``: config fields applied to every model (rows are labelled ``name[key=value]``).
     """
-    from tqdm.auto import tqdm
-
-    from ..models import build_model, get_config
+    from ..models import get_config
     from .distributed import resolve_device
-    from .reference_net import ReferenceNet, fit_reference_width
 
     bad = [s for s in sides if s not in ("plain", "fast")]
     if bad or not sides:
@@ -200,16 +197,43 @@ def run_benchmark(
     load_start = _load_average()
     sides = tuple(dict.fromkeys(sides))
     overrides = dict(overrides or {})
-    suffix = "[" + ",".join(f"{k}={v}" for k, v in overrides.items()) + "]" if overrides else ""
     jobs = []
     for m in models:
         for size in sizes or [get_config(m, preset).image_size]:
             for r in range(rounds):
                 for side in sides if r % 2 == 0 else sides[::-1]:
                     jobs.append((m, int(size), r, side))
+    common = dict(device=dev, steps=steps, warmup=warmup, compile_=compile_, channels_last=channels_last, seed=seed)
+    per, fits = _run_jobs(jobs, preset=preset, batch_size=batch_size, seed=seed, infer=infer, reference=reference,
+                          overrides=overrides, progress=progress, common=common)  # fmt: skip
+    suffix = "[" + ",".join(f"{k}={v}" for k, v in overrides.items()) + "]" if overrides else ""
+    rows = []
+    for (name, size, side), runs in per.items():
+        width = fits[name, size].width if reference else 0
+        row = _row(runs, image_size=size, batch_size=batch_size, infer=infer, reference_width=width)
+        row = {"model": name, "label": name + suffix, "overrides": overrides, "preset": preset, "side": side,
+               "options": _options(side, dev, compile_, channels_last), **row}  # fmt: skip
+        rows.append(row)
+    settings = {"preset": preset, "batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
+                "compile": compile_, "channels_last": channels_last, "seed": seed,
+                "sizes": sorted({r["image_size"] for r in rows}), "sides": list(sides),
+                "reference": reference}  # fmt: skip
+    return _record(dev, rows, settings, _speedups(rows, sides, infer), load_start)
+
+
+def _run_jobs(
+    jobs: list[tuple[str, int, int, str]], *, preset: str, batch_size: int, seed: int, infer: bool, reference: bool,
+    overrides: dict[str, Any], progress: bool, common: dict[str, Any],
+) -> tuple[dict[tuple[str, int, str], list[dict[str, Any]]], dict[tuple[str, int], Any]]:  # fmt: skip
+    """Measure every ``(model, size, round, side)`` job (and its FLOP-matched reference); the runs
+    per ``(model, size, side)`` and the reference fitted per ``(model, size)``."""
+    from tqdm.auto import tqdm
+
+    from ..models import build_model
+    from .reference_net import ReferenceNet, fit_reference_width
+
     per: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     fits: dict[tuple[str, int], Any] = {}
-    common = dict(device=dev, steps=steps, warmup=warmup, compile_=compile_, channels_last=channels_last, seed=seed)
     bar = tqdm(jobs, desc="bench", disable=not progress)
     for name, size, r, side in bar:
         bar.set_postfix_str(f"{name} {size}px {side}")
@@ -232,81 +256,83 @@ def run_benchmark(
             ref = _measure(build_ref, infer=False, **opts)
             result = {"model": run_model(), "reference": ref}
         per.setdefault(key, []).append(result)
+    return per, fits
 
-    rows: list[dict[str, Any]] = []
-    for (name, size, side), runs in per.items():
-        ms = [run["model"] for run in runs]
-        flops = next(m["train_flops_per_step"] for m in ms if "train_flops_per_step" in m)
-        row: dict[str, Any] = {
-            "model": name,
-            "label": name + suffix,
-            "overrides": overrides,
-            "preset": preset,
-            "side": side,
-            "options": _options(side, dev, compile_, channels_last),
-            "params_m": ms[0]["params_m"],
-            "image_size": size,
-            "batch_size": batch_size,
-            "train_samples_per_s": statistics.median(m["train_samples_per_s"] for m in ms),
-            "train_samples_per_s_rounds": [m["train_samples_per_s"] for m in ms],
-            "peak_memory_mb": max((m["peak_memory_mb"] for m in ms if m["peak_memory_mb"] is not None), default=None),
-            "train_flops_per_sample": flops / batch_size,
-        }  # fmt: skip
-        row["train_gflops_per_s"] = row["train_flops_per_sample"] * row["train_samples_per_s"] / 1e9
+
+def _row(
+    runs: list[dict[str, Any]], *, image_size: int, batch_size: int, infer: bool, reference_width: int
+) -> dict[str, Any]:
+    """One result row from the rounds of one (model, size, side): medians, and the reference's."""
+    ms = [run["model"] for run in runs]
+    flops = next(m["train_flops_per_step"] for m in ms if "train_flops_per_step" in m)
+    row: dict[str, Any] = {
+        "params_m": ms[0]["params_m"],
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "train_samples_per_s": statistics.median(m["train_samples_per_s"] for m in ms),
+        "train_samples_per_s_rounds": [m["train_samples_per_s"] for m in ms],
+        "peak_memory_mb": max((m["peak_memory_mb"] for m in ms if m["peak_memory_mb"] is not None), default=None),
+        "train_flops_per_sample": flops / batch_size,
+    }  # fmt: skip
+    row["train_gflops_per_s"] = row["train_flops_per_sample"] * row["train_samples_per_s"] / 1e9
+    if infer:
+        row["infer_samples_per_s"] = statistics.median(m["infer_samples_per_s"] for m in ms)
+    if "reference" in runs[0]:
+        refs = [run["reference"] for run in runs]
+        ref_flops = next(x["train_flops_per_step"] for x in refs if "train_flops_per_step" in x) / batch_size
+        ratios = [
+            (row["train_flops_per_sample"] * m["train_samples_per_s"]) / (ref_flops * x["train_samples_per_s"])
+            for m, x in zip(ms, refs)
+        ]
+        ref_speed = statistics.median(x["train_samples_per_s"] for x in refs)
+        row["reference"] = {
+            "width": reference_width,
+            "params_m": refs[0]["params_m"],
+            "train_flops_per_sample": ref_flops,
+            "train_samples_per_s": ref_speed,
+            "train_samples_per_s_rounds": [x["train_samples_per_s"] for x in refs],
+            "train_gflops_per_s": ref_flops * ref_speed / 1e9,
+        }
+        row["gflops_ratio"] = statistics.median(ratios)
+        row["gflops_ratio_rounds"] = ratios
+    return row
+
+
+def _speedups(rows: list[dict[str, Any]], sides: tuple[str, ...], infer: bool) -> dict[str, dict[str, float]]:
+    """``{"<label>@<size>": {"train": fast / plain, "infer": ...}}`` when both sides ran."""
+    speedups: dict[str, dict[str, float]] = {}
+    if set(sides) != {"plain", "fast"}:
+        return speedups
+    for name, size in dict.fromkeys((r["label"], r["image_size"]) for r in rows):
+        p, f = (next(r for r in rows if (r["label"], r["image_size"], r["side"]) == (name, size, s))
+                for s in ("plain", "fast"))  # fmt: skip
+        speedups[f"{name}@{size}"] = {"train": f["train_samples_per_s"] / p["train_samples_per_s"]}
         if infer:
-            row["infer_samples_per_s"] = statistics.median(m["infer_samples_per_s"] for m in ms)
-        if reference:
-            refs = [run["reference"] for run in runs]
-            ref_flops = next(x["train_flops_per_step"] for x in refs if "train_flops_per_step" in x) / batch_size
-            ratios = [
-                (row["train_flops_per_sample"] * m["train_samples_per_s"]) / (ref_flops * x["train_samples_per_s"])
-                for m, x in zip(ms, refs)
-            ]
-            ref_speed = statistics.median(x["train_samples_per_s"] for x in refs)
-            row["reference"] = {
-                "width": fits[(name, size)].width,
-                "params_m": refs[0]["params_m"],
-                "train_flops_per_sample": ref_flops,
-                "train_samples_per_s": ref_speed,
-                "train_samples_per_s_rounds": [x["train_samples_per_s"] for x in refs],
-                "train_gflops_per_s": ref_flops * ref_speed / 1e9,
-            }
-            row["gflops_ratio"] = statistics.median(ratios)
-            row["gflops_ratio_rounds"] = ratios
-        rows.append(row)
-    speedups = {}
-    if set(sides) == {"plain", "fast"}:
-        for name, size in dict.fromkeys((r["label"], r["image_size"]) for r in rows):
-            p, f = (next(r for r in rows if (r["label"], r["image_size"], r["side"]) == (name, size, s))
-                    for s in ("plain", "fast"))  # fmt: skip
-            speedups[f"{name}@{size}"] = {"train": f["train_samples_per_s"] / p["train_samples_per_s"]}
-            if infer:
-                speedups[f"{name}@{size}"]["infer"] = f["infer_samples_per_s"] / p["infer_samples_per_s"]
+            speedups[f"{name}@{size}"]["infer"] = f["infer_samples_per_s"] / p["infer_samples_per_s"]
+    return speedups
+
+
+def _record(
+    dev: torch.device, rows: list[dict[str, Any]], settings: dict[str, Any], speedups: dict, load_start: Any
+) -> dict[str, Any]:
+    """The benchmark record :func:`write_result` writes."""
     peak_rss = None
     with contextlib.suppress(ImportError):
         import resource
 
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cpu_note = "" if dev.type == "cuda" else (
+        "CPU: the fast side stays fp32; peak memory per side is not available "
+        "on the CPU (process_peak_rss_mb covers the whole run)."
+    )  # fmt: skip
     return {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device": describe_device(dev),
         "device_slug": device_slug(dev),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "date": _dt.date.today().isoformat(),
-        "commit": _git_commit(),
-        "settings": {
-            "preset": preset,
-            "batch_size": batch_size,
-            "steps": steps,
-            "warmup": warmup,
-            "rounds": rounds,
-            "compile": compile_,
-            "channels_last": channels_last,
-            "seed": seed,
-            "sizes": sorted({r["image_size"] for r in rows}),
-            "sides": list(sides),
-            "reference": reference,
-        },  # fmt: skip
+        "commit": git_commit(short=True),
+        "settings": settings,
         "process_peak_rss_mb": peak_rss,
         "load_average_1min": {"start": load_start, "end": _load_average()},
         "results": rows,
@@ -317,14 +343,8 @@ def run_benchmark(
             "each step = forward, loss, backward, clip, AdamW, schedule (Trainer.train_step). FLOPs = matmul, "
             "convolution and attention FLOPs of one step, forward + backward (rislib.engine.flops). "
             "gflops_ratio = median over rounds of (model GFLOP/s) / (GFLOP/s of the FLOP-matched ReferenceNet "
-            "measured next to it in the same round and side). "
-            + (
-                ""
-                if dev.type == "cuda"
-                else "CPU: the fast side stays fp32; peak memory per side is not available "
-                "on the CPU (process_peak_rss_mb covers the whole run)."
-            )
-        ),  # fmt: skip
+            "measured next to it in the same round and side). " + cpu_note
+        ),
     }
 
 
@@ -334,14 +354,6 @@ def _load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
         return None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def _row_key(r: dict[str, Any]) -> tuple[Any, ...]:

@@ -40,8 +40,6 @@ import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,9 +55,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..data import collate_batch
+from ..atomic import atomic_write
+from ..data.dataset import TokenizingCollate, collate_batch
 from ..metrics import DEFAULT_THRESHOLDS, Comparator, MetricAccumulator, format_table, mask_counts
 from ..models.base import RISModel
+from ..provenance import describe_device, git_commit
 from ..types import Batch
 
 __all__ = ["EvalResult", "Evaluator", "evaluate", "result_path", "file_sha256", "CSV_FIELDS"]
@@ -140,27 +140,6 @@ def result_path(out_dir: str | os.PathLike, model: str, preset: str, dataset: st
     """``<out_dir>/<model>_<preset>_<dataset>_<split>.json`` (the CSV has the same stem)."""
     safe = [str(x).replace(os.sep, "-").replace(" ", "-") or "none" for x in (model, preset, dataset, split)]
     return Path(out_dir) / ("_".join(safe) + ".json")
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def _json_safe(x: Any) -> Any:
@@ -306,7 +285,9 @@ class Evaluator:
         self.limit = limit
         self._original: _OriginalMasks | None = None
 
-    def _loader(self, pin: bool) -> DataLoader:
+    def _loader(self, pin: bool, tokenizer: Any = None) -> DataLoader:
+        """The evaluation loader; with a model's ``tokenizer`` its collate tokenises the text
+        (a plain predictor receives the expressions as strings)."""
         data = self.dataset
         if self.limit is not None and self.limit < len(data):
             data = torch.utils.data.Subset(data, range(self.limit))
@@ -315,7 +296,7 @@ class Evaluator:
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,
-            collate_fn=collate_batch,
+            collate_fn=collate_batch if tokenizer is None else TokenizingCollate(tokenizer),
             pin_memory=pin,
             persistent_workers=False,
         )
@@ -355,30 +336,12 @@ class Evaluator:
         acc = MetricAccumulator(thresholds=self.thresholds, comparator=self.comparator)
         metas: list[dict[str, Any]] = []
         sentences: list[str] = []
-        loader = self._loader(pin=device.type == "cuda")
+        loader = self._loader(pin=device.type == "cuda", tokenizer=model_or_predictor.tokenizer if is_model else None)
         start = time.perf_counter()
         for batch in tqdm(loader, desc=f"eval {split}", unit="batch", disable=not self.progress, leave=False):
             preds = self._predict(model_or_predictor, batch, device)
-            meta = batch.meta
-            types = [m.get("type") for m in meta]
-            no_target = [bool(m.get("no_target", False)) for m in meta]
-            ids = [(m.get("ref_id"), m.get("sent_id")) for m in meta]
-            if self.protocol == "network":
-                if batch.masks is None:
-                    raise ValueError("evaluate(protocol='network'): the data set's items have no 'mask'")
-                gt = batch.masks[:, 0].to(device) > 0.5  # [B, S, S], resized NEAREST by the data set
-                size = tuple(gt.shape[-2:])
-                pred = torch.stack([_resize(p, size, self.threshold) for p in preds])  # [B, S, S]
-                acc.add_counts(*mask_counts(pred, gt), type=types, sample_id=ids, no_target=no_target)
-            else:
-                assert self._original is not None
-                input_size = tuple(batch.images.shape[-2:])
-                for k, m in enumerate(meta):
-                    gt_np = self._original(m)  # [h, w] at the original size
-                    pred = _to_original(preds[k], gt_np.shape, input_size, m.get("letterbox"), self.threshold)
-                    gt = torch.from_numpy(gt_np).to(device)
-                    acc.add_counts(*mask_counts(pred, gt), type=types[k], sample_id=ids[k], no_target=no_target[k])
-            metas += meta
+            self._score(acc, batch, preds, device)
+            metas += batch.meta
             sentences += batch.raw_text
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -388,24 +351,7 @@ class Evaluator:
 
         computed = acc.compute()
         by_type = computed.pop("by_type", {})
-        rows = []
-        for r, m, s in zip(acc.per_sample(), metas, sentences):
-            rows.append(
-                {
-                    "ref_id": m.get("ref_id"),
-                    "sent_id": m.get("sent_id"),
-                    "image_id": m.get("image_id"),
-                    "type": r["type"],
-                    "sentence": s,
-                    "no_target": r["no_target"],
-                    "I": r["I"],
-                    "U": r["U"],
-                    "IoU": r["IoU"],
-                    "pred_area": r["pred_area"],
-                    "gt_area": r["gt_area"],
-                    "file_name": m.get("file_name"),
-                }
-            )
+        rows = [_row(r, m, s) for r, m, s in zip(acc.per_sample(), metas, sentences)]
         info = self._info(model_or_predictor, split, metas, device, len(acc), seconds)
         info.update(run_info)
         checkpoint = info.get("checkpoint")
@@ -415,6 +361,29 @@ class Evaluator:
         if self.out_dir is not None:
             write_result(result, self.out_dir)
         return result
+
+    def _score(self, acc: MetricAccumulator, batch: Batch, preds: list[Tensor], device: torch.device) -> None:
+        """Add the batch's intersections and unions to ``acc``: at the network's input size
+        (``protocol="network"``) or at each image's original size (``"original"``)."""
+        meta = batch.meta
+        types = [m.get("type") for m in meta]
+        no_target = [bool(m.get("no_target", False)) for m in meta]
+        ids = [(m.get("ref_id"), m.get("sent_id")) for m in meta]
+        if self.protocol == "network":
+            if batch.masks is None:
+                raise ValueError("evaluate(protocol='network'): the data set's items have no 'mask'")
+            gt = batch.masks[:, 0].to(device) > 0.5  # [B, S, S], resized NEAREST by the data set
+            size = tuple(gt.shape[-2:])
+            pred = torch.stack([_resize(p, size, self.threshold) for p in preds])  # [B, S, S]
+            acc.add_counts(*mask_counts(pred, gt), type=types, sample_id=ids, no_target=no_target)
+            return
+        assert self._original is not None
+        input_size = tuple(batch.images.shape[-2:])
+        for k, m in enumerate(meta):
+            gt_np = self._original(m)  # [h, w] at the original size
+            pred = _to_original(preds[k], gt_np.shape, input_size, m.get("letterbox"), self.threshold)
+            gt = torch.from_numpy(gt_np).to(device)
+            acc.add_counts(*mask_counts(pred, gt), type=types[k], sample_id=ids[k], no_target=no_target[k])
 
     def _info(
         self, predictor: Any, split: str, metas: list[dict[str, Any]], device: torch.device, n: int, seconds: float
@@ -443,13 +412,31 @@ class Evaluator:
             "checkpoint_sha256": None,
             "n_samples": n,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "device": _device_name(device),
-            "git_commit": _git_commit(),
+            "device": describe_device(device),
+            "git_commit": git_commit(),
             "rislib_version": __version__,
             "torch_version": torch.__version__,
             "seconds": round(seconds, 3),
             "samples_per_second": round(n / seconds, 2) if seconds > 0 else None,
         }
+
+
+def _row(r: dict[str, Any], m: dict[str, Any], sentence: str) -> dict[str, Any]:
+    """One per-sample result row (the CSV's columns) from the accumulator's row and the sample's meta."""
+    return {
+        "ref_id": m.get("ref_id"),
+        "sent_id": m.get("sent_id"),
+        "image_id": m.get("image_id"),
+        "type": r["type"],
+        "sentence": sentence,
+        "no_target": r["no_target"],
+        "I": r["I"],
+        "U": r["U"],
+        "IoU": r["IoU"],
+        "pred_area": r["pred_area"],
+        "gt_area": r["gt_area"],
+        "file_name": m.get("file_name"),
+    }
 
 
 def write_result(result: EvalResult, out_dir: str | os.PathLike) -> EvalResult:
@@ -458,9 +445,7 @@ def write_result(result: EvalResult, out_dir: str | os.PathLike) -> EvalResult:
     path = result_path(out_dir, info["model"], info["preset"], info["dataset"], info["split"])
     path.parent.mkdir(parents=True, exist_ok=True)
     csv_path = path.with_suffix(".csv")
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n")
     with open(csv_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*CSV_FIELDS, "file_name"], extrasaction="ignore")
         writer.writeheader()

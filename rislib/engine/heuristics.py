@@ -298,7 +298,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     import time
 
     from ..data import generate_refshapes, open_source
-    from .evaluator import _git_commit, _json_safe
+    from ..provenance import git_commit
+    from .evaluator import _json_safe
 
     parser = argparse.ArgumentParser(prog="python -m rislib.engine.heuristics", description=_main.__doc__)
     parser.add_argument("--data", required=True, help="RefShapes root (generated there unless --no-generate)")
@@ -336,7 +337,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         "protocol": args.protocol,
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "seconds": round(time.perf_counter() - start, 1),
         "summary": {r.info["model"]: {} for r in results},
         "results": [],

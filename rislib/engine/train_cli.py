@@ -157,6 +157,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="refshapes/grefshapes: generate the data set into --data when it holds none of it")
     p.add_argument("--strict", action="store_true",
                    help="refuse degenerate annotations (2-point polygons, shapes off the image...) instead of warning")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from the weights of a model file or run checkpoint of the same model "
+                        "(fine-tuning: a fresh optimiser, schedule and step count)")  # fmt: skip
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this many minutes")
     p.add_argument("--set", dest="model_set", action="append", metavar="KEY=VALUE", help="model config override")
     p.add_argument("--train", dest="train_set", action="append", metavar="KEY=VALUE", help="TrainConfig override")
@@ -182,12 +185,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..data import DataRootError, check_data_root
-    from ..errors import RislibError
     from ..models import build_model
-    from .distributed import barrier, broadcast_object, cleanup_distributed, setup_distributed
+    from .distributed import cleanup_distributed, setup_distributed
     from .recipes import get_recipe
-    from .run_folder import preflight
     from .threads import set_cpu_threads
     from .trainer import NonFiniteLossError, Trainer
 
@@ -201,27 +201,11 @@ def main(args: argparse.Namespace) -> int:
         recipe = get_recipe(args.model, args.recipe)
         model_overrides = {**recipe.model_overrides(), **parse_assignments(args.model_set, "--set")}
         train_overrides = parse_assignments(args.train_set, "--train")
-        synthetic = args.dataset in ("refshapes", "grefshapes")
-        if args.generate and not synthetic:
-            raise DataRootError(f"--generate: only refshapes and grefshapes can be generated, not {args.dataset!r}")
-        problem = None
-        if ctx.is_main:  # one process generates or checks; every process learns the outcome
-            try:
-                preflight(args.out, resume=args.resume, overwrite=args.overwrite)  # before any data is loaded
-                if args.generate:
-                    ensure_refshapes(args.data, args.dataset, size=recipe.image_size,
-                                     counts=parse_counts(args.generate_counts), seed=0)  # fmt: skip
-                hint = (f"generate it with `python -m rislib data refshapes --out {args.data}` or add --generate"
-                        if synthetic else "")  # fmt: skip
-                check_data_root(args.data, args.dataset, args.split_by, hint=hint)
-            except RislibError as e:
-                problem = e
-        problem = broadcast_object(problem)
-        if problem is not None:
-            raise problem
-        barrier()
+        _check_run_and_data(args, ctx, recipe.image_size)
         torch.manual_seed(args.seed)
         model = build_model(args.model, args.preset, **model_overrides)
+        if args.init:
+            init_weights(model, args.init, expect=args.model)
         train, val = build_datasets(
             args.data, args.dataset, image_size=model.config.image_size, hflip=recipe.hflip, seed=args.seed,
             split_by=args.split_by, train_split=args.train_split, val_split=args.val_split or None,
@@ -229,32 +213,7 @@ def main(args: argparse.Namespace) -> int:
             progress=ctx.is_main and not args.no_progress, strict=args.strict,
         )  # fmt: skip
         train.check_expressions(model.tokenizer)  # a sentence the tokenizer refuses stops here, named
-        explicit = {
-            "steps": args.steps,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-        }
-        cfg = recipe.train_config(
-            out_dir=args.out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            max_minutes=args.max_minutes,
-            precision=args.precision,
-            compile=args.compile,
-            device=args.device,
-            workers=workers,
-            seed=args.seed,
-            progress=not args.no_progress,
-            run_info={
-                "dataset": args.dataset,
-                "data": str(args.data),
-                "preset": args.preset,
-                "command": " ".join(["python -m rislib train", *sys.argv[2:]]),
-            },  # fmt: skip
-            **{k: v for k, v in explicit.items() if v is not None},
-            **train_overrides,
-        )
+        cfg = _train_config(args, recipe, workers, train_overrides)
         if ctx.is_main:
             print(f"{args.model}/{args.preset}: {model.num_parameters() / 1e6:.2f} M parameters; recipe "
                   f"{recipe.name} ({recipe.source}); {len(train)} training items; {ctx.world_size} process(es) "
@@ -276,3 +235,79 @@ def main(args: argparse.Namespace) -> int:
         return 0
     finally:
         cleanup_distributed(ctx)
+
+
+def init_weights(model: Any, path: str | Path, *, expect: str) -> None:
+    """Copy the weights of the checkpoint at ``path`` (``save_model`` file or a run's
+    ``final.pt``/``best.pt``) into ``model``: the start of a fine-tuning run.
+
+    Raises:
+        CheckpointError: the file holds another method, or is not a readable checkpoint.
+        CheckpointMismatchError: its weights do not fit ``model`` (another preset or config),
+            naming the parameters that differ.
+    """
+    from ..checkpoint import load_weights
+    from ..models import load_model
+
+    source = load_model(path, expect=expect)
+    load_weights(model, source.state_dict(), source=str(path))
+
+
+def _check_run_and_data(args: argparse.Namespace, ctx: Any, image_size: int) -> None:
+    """Rank 0 checks the run folder and the data root (generating RefShapes with ``--generate``);
+    every process learns the outcome and raises the same error."""
+    from ..data import DataRootError, check_data_root
+    from ..errors import RislibError
+    from .distributed import barrier, broadcast_object
+    from .run_folder import preflight
+
+    synthetic = args.dataset in ("refshapes", "grefshapes")
+    if args.generate and not synthetic:
+        raise DataRootError(f"--generate: only refshapes and grefshapes can be generated, not {args.dataset!r}")
+    problem = None
+    if ctx.is_main:  # one process generates or checks; every process learns the outcome
+        try:
+            preflight(args.out, resume=args.resume, overwrite=args.overwrite)  # before any data is loaded
+            if args.generate:
+                ensure_refshapes(args.data, args.dataset, size=image_size,
+                                 counts=parse_counts(args.generate_counts), seed=0)  # fmt: skip
+            hint = (f"generate it with `python -m rislib data refshapes --out {args.data}` or add --generate"
+                    if synthetic else "")  # fmt: skip
+            check_data_root(args.data, args.dataset, args.split_by, hint=hint)
+        except RislibError as e:
+            problem = e
+    problem = broadcast_object(problem)
+    if problem is not None:
+        raise problem
+    barrier()
+
+
+def _train_config(args: argparse.Namespace, recipe: Any, workers: int, train_overrides: dict[str, Any]) -> Any:
+    """The recipe's TrainConfig with the command line's settings."""
+    explicit = {
+        "steps": args.steps,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+    }
+    return recipe.train_config(
+        out_dir=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        max_minutes=args.max_minutes,
+        precision=args.precision,
+        compile=args.compile,
+        device=args.device,
+        workers=workers,
+        seed=args.seed,
+        progress=not args.no_progress,
+        run_info={
+            "dataset": args.dataset,
+            "data": str(args.data),
+            "preset": args.preset,
+            "command": " ".join(["python -m rislib train", *sys.argv[2:]]),
+            "init": str(args.init) if args.init else None,
+        },  # fmt: skip
+        **{k: v for k, v in explicit.items() if v is not None},
+        **train_overrides,
+    )

@@ -70,8 +70,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..layers.attention import MultiHeadAttention
 from ..layers.blocks import MLP, LayerNorm2d, flatten_hw, masked_mean, sine_position_embedding_2d, unflatten_hw
+from ..layers.cross_attention import PostNormCrossAttention
 from ..layers.recording import record
 from ..layers.resize import resize_bilinear
 
@@ -94,8 +94,10 @@ def _ffn(dim: int, hidden: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
 
 
-class LanguageWeightedAttention(nn.Module):
+class LanguageWeightedAttention(PostNormCrossAttention):
     """LWA: visual tokens attend to the words, ``LN(X + MHA(X + P, W, W))`` (module docstring).
+
+    A :class:`PostNormCrossAttention` without FFN, the position embedding on the queries.
 
     Args:
         dim: width ``C`` of tokens and words.
@@ -108,11 +110,9 @@ class LanguageWeightedAttention(nn.Module):
     """
 
     def __init__(self, *, dim: int, num_heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.attn = MultiHeadAttention(dim, num_heads, dropout=dropout)
-        self.norm = nn.LayerNorm(dim)
+        super().__init__(dim=dim, num_heads=num_heads, dropout=dropout)
 
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         x: Tensor,
         pos: Tensor,
@@ -122,12 +122,15 @@ class LanguageWeightedAttention(nn.Module):
         attn_bias: Tensor | None = None,
         record_key: str = "round1",
     ) -> Tensor:
-        out = self.attn(x + pos, words, words, key_padding_mask=word_mask, attn_bias=attn_bias, record_key=record_key)
-        return self.norm(x + out)
+        return super().forward(
+            x, words, query_pos=pos, key_padding_mask=word_mask, attn_bias=attn_bias, record_key=record_key
+        )
 
 
-class VisionWeightedAttention(nn.Module):
+class VisionWeightedAttention(PostNormCrossAttention):
     """VWA: words attend to the visual tokens, ``LN(W + MHA(W, V + P, V))`` (module docstring).
+
+    A :class:`PostNormCrossAttention` without FFN, the position embedding on the keys.
 
     Args:
         dim: width ``C``.
@@ -140,11 +143,9 @@ class VisionWeightedAttention(nn.Module):
     """
 
     def __init__(self, *, dim: int, num_heads: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.attn = MultiHeadAttention(dim, num_heads, dropout=dropout)
-        self.norm = nn.LayerNorm(dim)
+        super().__init__(dim=dim, num_heads=num_heads, dropout=dropout)
 
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         words: Tensor,
         visual: Tensor,
@@ -153,7 +154,7 @@ class VisionWeightedAttention(nn.Module):
         attn_bias: Tensor | None = None,
         record_key: str = "round1",
     ) -> Tensor:
-        return self.norm(words + self.attn(words, visual + pos, visual, attn_bias=attn_bias, record_key=record_key))
+        return super().forward(words, visual, key_pos=pos, attn_bias=attn_bias, record_key=record_key)
 
 
 class FeedbackSignal(nn.Module):

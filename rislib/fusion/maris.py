@@ -38,8 +38,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from ..layers.attention import MultiHeadAttention
-from ..layers.blocks import MLP, LayerNorm2d, flatten_hw, unflatten_hw
+from ..layers.blocks import LayerNorm2d, flatten_hw, unflatten_hw
+from ..layers.cross_attention import PostNormCrossAttention
 
 __all__ = [
     "FeatureEnhancement",
@@ -88,12 +88,13 @@ class FeatureEnhancement(nn.Module):
         return out
 
 
-class VisionGuidedAttention(nn.Module):
+class VisionGuidedAttention(PostNormCrossAttention):
     """VGA: every pixel attends to the words, then residual + LayerNorm + FFN (post-norm).
 
     ``F_v'' = LN(F_v' + FFN(F_v'))``, ``F_v' = LN(F_v + MHA(q=F_v, k=v=F_l, mask=m))``.
     RISAM names VGA [src: abstract]; the equations are this project's interpretation
-    (docs/methods/maris.md#mutual-aware-attention).
+    (docs/methods/maris.md#mutual-aware-attention). A :class:`PostNormCrossAttention` with
+    an FFN sublayer.
 
     Args:
         dim: pixel and word width ``C``.
@@ -102,25 +103,21 @@ class VisionGuidedAttention(nn.Module):
     """
 
     def __init__(self, *, dim: int, num_heads: int, ffn_dim: int) -> None:
-        super().__init__()
-        self.attn = MultiHeadAttention(dim, num_heads)
-        self.norm1 = nn.LayerNorm(dim)
-        self.ffn = MLP(dim, ffn_dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
+        super().__init__(dim=dim, num_heads=num_heads, ffn_dim=ffn_dim)
 
-    def forward(self, vision: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+    def forward(self, vision: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:  # type: ignore[override]
         """``vision [B, HW, C]``, ``words [B, L, C]``, ``word_mask [B, L]`` -> ``[B, HW, C]``."""
-        x = self.norm1(vision + self.attn(vision, words, key_padding_mask=word_mask, record_key=""))
-        return self.norm2(x + self.ffn(x))
+        return super().forward(vision, words, key_padding_mask=word_mask)
 
 
-class LanguageGuidedAttention(nn.Module):
+class LanguageGuidedAttention(PostNormCrossAttention):
     """LGA: every word attends to the pixels, then residual + LayerNorm + FFN (post-norm).
 
     ``F_l'' = LN(F_l' + FFN(F_l'))``, ``F_l' = LN(F_l + MHA(q=F_l, k=v=F_v))``. Rows of
     padded words are computed but never read (they are masked downstream). RISAM names LGA
     [src: abstract]; the equations are this project's interpretation
-    (docs/methods/maris.md#mutual-aware-attention).
+    (docs/methods/maris.md#mutual-aware-attention). A :class:`PostNormCrossAttention` with
+    an FFN sublayer.
 
     Args:
         dim: pixel and word width ``C``.
@@ -129,16 +126,11 @@ class LanguageGuidedAttention(nn.Module):
     """
 
     def __init__(self, *, dim: int, num_heads: int, ffn_dim: int) -> None:
-        super().__init__()
-        self.attn = MultiHeadAttention(dim, num_heads)
-        self.norm1 = nn.LayerNorm(dim)
-        self.ffn = MLP(dim, ffn_dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
+        super().__init__(dim=dim, num_heads=num_heads, ffn_dim=ffn_dim)
 
-    def forward(self, words: Tensor, vision: Tensor) -> Tensor:
+    def forward(self, words: Tensor, vision: Tensor) -> Tensor:  # type: ignore[override]
         """``words [B, L, C]``, ``vision [B, HW, C]`` -> ``[B, L, C]``."""
-        x = self.norm1(words + self.attn(words, vision, record_key=""))
-        return self.norm2(x + self.ffn(x))
+        return super().forward(words, vision)
 
 
 class MutualAwareBlock(nn.Module):

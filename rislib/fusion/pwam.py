@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import attention_bias_from_mask, is_recording, record
+from ..layers.attention import attend, merge_heads, split_heads
 
 __all__ = [
     "masked_instance_norm",
@@ -100,31 +101,10 @@ def masked_instance_norm(x: Tensor, mask: Tensor | None = None, eps: float = 1e-
     return ((y - mean) * torch.rsqrt(var + eps)).to(x.dtype)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, scale: float, module: nn.Module) -> Tensor:
-    """``softmax(q k^T * scale + bias) v`` on ``[B, h, L, d]`` tensors; recorded when a recorder is on."""
-    if is_recording():
-        scores = (q @ k.transpose(-2, -1)) * scale
-        if bias is not None:
-            scores = scores + bias
-        weights = scores.softmax(-1)
-        record(module, "attn", weights)
-        return weights @ v
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-
-
 def _conv1x1(linear: nn.Linear, x: Tensor) -> Tensor:
     """``linear(x)`` for ``x [B, L, C]``, computed as the equivalent 1x1 ``Conv1d`` over ``L``."""
     out = F.conv1d(x.transpose(1, 2), linear.weight[:, :, None], linear.bias)  # [B, C_out, L]
     return out.transpose(1, 2)
-
-
-def _heads(x: Tensor, h: int) -> Tensor:
-    b, n, c = x.shape
-    return x.view(b, n, h, c // h).transpose(1, 2)  # [B, L, C] -> [B, h, L, C/h]
-
-
-def _merge(x: Tensor) -> Tensor:
-    return x.transpose(1, 2).flatten(2)  # [B, h, L, d] -> [B, L, h*d]
 
 
 class TokenInstanceNorm(nn.Module):
@@ -191,12 +171,12 @@ class PixelWordAttention(nn.Module):
     def forward(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
         if self.norm == "instance":
             return self._forward_lavt(x, words, word_mask)
-        q = _heads(self.query(x), self.num_heads)  # [B, h, HW, Ck/h]
-        k = _heads(self.key(words), self.num_heads)  # [B, h, N, Ck/h]
-        v = _heads(self.value(words), self.num_heads)  # [B, h, N, Cv/h]
+        q = split_heads(self.query(x), self.num_heads)  # [B, h, HW, Ck/h]
+        k = split_heads(self.key(words), self.num_heads)  # [B, h, N, Ck/h]
+        v = split_heads(self.value(words), self.num_heads)  # [B, h, N, Cv/h]
         bias = attention_bias_from_mask(word_mask, q.dtype)  # [B, 1, 1, N]: padded words get no weight
-        out = _attend(q, k, v, bias, self.scale, self)  # [B, h, HW, Cv/h]
-        return self.out(_merge(out))  # [B, HW, Cv]
+        out = attend(q, k, v, bias=bias, scale=self.scale, module=self)  # [B, h, HW, Cv/h]
+        return self.out(merge_heads(out))  # [B, HW, Cv]
 
     def _forward_lavt(self, x: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
         """LAVT's variant, computed in the released order with its 1x1 ``Conv1d`` kernels.
@@ -207,14 +187,14 @@ class PixelWordAttention(nn.Module):
         about ``1e-4`` at Swin-B scale. Following the release's kernels keeps the two
         bit-compatible (``tests/golden``)."""
         m = word_mask.to(x.dtype)[:, :, None]  # [B, N, 1]
-        q = _heads(self.query[1](_conv1x1(self.query[0], x)), self.num_heads)  # [B, h, HW, Ck/h]
-        k = _heads(_conv1x1(self.key, words) * m, self.num_heads)  # [B, h, N, Ck/h], padding zeroed
-        v = _heads(_conv1x1(self.value, words) * m, self.num_heads)
+        q = split_heads(self.query[1](_conv1x1(self.query[0], x)), self.num_heads)  # [B, h, HW, Ck/h]
+        k = split_heads(_conv1x1(self.key, words) * m, self.num_heads)  # [B, h, N, Ck/h], padding zeroed
+        v = split_heads(_conv1x1(self.value, words) * m, self.num_heads)
         scores = self.scale * (q @ k.transpose(-2, -1)) + (1e4 * m[:, None, :, 0][:, :, None] - 1e4)  # [B, h, HW, N]
         weights = scores.softmax(-1)
         if is_recording():
             record(self, "attn", weights)
-        return self.out[1](_conv1x1(self.out[0], _merge(weights @ v)))  # [B, HW, Cv]
+        return self.out[1](_conv1x1(self.out[0], merge_heads(weights @ v)))  # [B, HW, Cv]
 
 
 class PixelWordAttentionModule(nn.Module):
@@ -354,8 +334,8 @@ class WordPixelAttention(nn.Module):
             q = q * (~word_mask).to(q.dtype).mul(-1e4).unsqueeze(-1)
         else:
             q = q * word_mask.to(q.dtype).unsqueeze(-1)  # padded queries -> 0 (uniform, then ignored)
-        q, k, v = (_heads(t, self.num_heads) for t in (q, k, v))  # [B, h, L, D/h]
-        out = _merge(_attend(q, k, v, None, self.scale, self))  # [B, N, D]
+        q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))  # [B, h, L, D/h]
+        out = merge_heads(attend(q, k, v, scale=self.scale, module=self))  # [B, N, D]
         # the release normalises over all (padded) positions; the default over real words only
         return masked_instance_norm(self.out(out), None if self.mask_quirk else word_mask)
 

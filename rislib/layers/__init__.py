@@ -12,6 +12,7 @@ from .blocks import (
     sine_position_embedding_2d,
     unflatten_hw,
 )
+from .cross_attention import PostNormCrossAttention
 from .recording import AttentionRecorder, is_recording, record
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "ConvNormAct",
     "LayerNorm2d",
     "MultiHeadAttention",
+    "PostNormCrossAttention",
     "attention_bias_from_mask",
     "coord_features",
     "flatten_hw",

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .recording import is_recording, record
 
-__all__ = ["MultiHeadAttention", "attention_bias_from_mask"]
+__all__ = ["MultiHeadAttention", "attend", "attention_bias_from_mask", "merge_heads", "split_heads"]
 
 
 def attention_bias_from_mask(key_valid: Tensor, dtype: torch.dtype) -> Tensor:
@@ -34,6 +34,47 @@ def attention_bias_from_mask(key_valid: Tensor, dtype: torch.dtype) -> Tensor:
     bias = torch.zeros(key_valid.shape, dtype=dtype, device=key_valid.device)
     bias = bias.masked_fill(~key_valid, torch.finfo(dtype).min / 2)
     return bias[:, None, None, :]
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """``[B, L, C]`` -> ``[B, heads, L, C / heads]``."""
+    b, n, c = x.shape
+    return x.view(b, n, num_heads, c // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """``[B, heads, L, d]`` -> ``[B, L, heads * d]``."""
+    return x.transpose(1, 2).flatten(2)
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    module: nn.Module | None = None,
+    record_key: str = "attn",
+) -> Tensor:
+    """The attention kernel of every module in rislib: ``softmax(q k^T * scale + bias) v``.
+
+    ``q [B, h, Lq, d]``, ``k [B, h, Lk, d]``, ``v [B, h, Lk, dv]`` -> ``[B, h, Lq, dv]``;
+    ``scale`` defaults to ``1 / sqrt(d)``; ``bias`` is additive, broadcastable to
+    ``[B, h, Lq, Lk]``. PyTorch's fused ``scaled_dot_product_attention`` computes it, except
+    while an attention recorder is active: then the weights ``[B, h, Lq, Lk]`` are formed
+    explicitly and recorded for ``module`` under ``record_key``.
+    """
+    if module is not None and is_recording():
+        scores = q @ k.transpose(-2, -1)  # [B, h, Lq, Lk]
+        scores = scores / math.sqrt(q.shape[-1]) if scale is None else scores * scale
+        if bias is not None:
+            scores = scores + bias
+        weights = scores.softmax(dim=-1)
+        record(module, record_key, weights)
+        return F.dropout(weights, dropout_p, dropout_p > 0) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
 
 
 class MultiHeadAttention(nn.Module):
@@ -77,10 +118,6 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(vdim, inner_dim, bias=bias)
         self.out_proj = nn.Linear(inner_dim, out_dim or dim, bias=bias)
 
-    def _split(self, x: Tensor) -> Tensor:
-        b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # [B, L, C] -> [B, h, L, d]
-
     def forward(
         self,
         query: Tensor,
@@ -102,9 +139,9 @@ class MultiHeadAttention(nn.Module):
             ``[B, Lq, out_dim]``.
         """
         value = key if value is None else value
-        q = self._split(self.q_proj(query))  # [B, h, Lq, d]
-        k = self._split(self.k_proj(key))  # [B, h, Lk, d]
-        v = self._split(self.v_proj(value))  # [B, h, Lk, d]
+        q = split_heads(self.q_proj(query), self.num_heads)  # [B, Lq, C] -> [B, h, Lq, d]
+        k = split_heads(self.k_proj(key), self.num_heads)  # [B, h, Lk, d]
+        v = split_heads(self.v_proj(value), self.num_heads)  # [B, h, Lk, d]
         bias = attn_bias
         if key_padding_mask is not None:
             pad = attention_bias_from_mask(key_padding_mask, q.dtype)
@@ -112,14 +149,5 @@ class MultiHeadAttention(nn.Module):
         elif bias is not None:
             bias = bias.to(q.dtype)
         p = self.dropout if self.training else 0.0
-        if is_recording():
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # [B, h, Lq, Lk]
-            if bias is not None:
-                scores = scores + bias
-            weights = scores.softmax(dim=-1)
-            record(self, record_key, weights)
-            out = F.dropout(weights, p, self.training) @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
-        out = out.transpose(1, 2).flatten(2)  # [B, h, Lq, d] -> [B, Lq, h*d]
-        return self.out_proj(out)
+        out = attend(q, k, v, bias=bias, dropout_p=p, module=self, record_key=record_key)  # [B, h, Lq, d]
+        return self.out_proj(merge_heads(out))  # [B, Lq, h*d] -> [B, Lq, out_dim]

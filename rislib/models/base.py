@@ -3,6 +3,10 @@
 Every method subclasses :class:`RISModel` and a :class:`ModelConfig` dataclass. The base
 class owns what every method needs in the same way:
 
+* its two encoder towers: building them from the config (:meth:`RISModel.build_towers`),
+  parameter-efficient fine-tuning (:meth:`RISModel.apply_peft`: frozen / adapters / full
+  per tower), running a frozen tower without gradients and keeping it in eval mode, and
+  the trainable-parameter report (:mod:`rislib.models.towers`);
 * text preparation (raw strings are tokenised by the model's own text encoder);
 * :meth:`RISModel.predict`, which puts the model in eval mode itself (LAVT users were
   bitten by a demo that forgot ``model.eval()``), resizes logits to the input size and
@@ -22,7 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..encoders.base import TextEncoder, VisionEncoder
-from ..types import Batch, ModelOutput, TextInput
+from ..encoders.peft import ParameterReport, parameter_report
+from ..types import Batch, ModelOutput, TextFeatures, TextInput, tokenize
+from .towers import TOWERS, apply_peft, build_tower
 
 __all__ = ["ModelConfig", "RISModel", "check_image_range", "mask_probabilities"]
 
@@ -93,6 +99,20 @@ class ModelConfig:
         return asdict(self)
 
 
+@dataclass
+class SwinBertConfig(ModelConfig):
+    """The defaults of a Swin image tower with a BERT text tower (LAVT, MagNet): the tiny test
+    sizes of both, trained at the full learning rate."""
+
+    image_size: int = 128
+    max_tokens: int = 20
+    vision: str = "swin_tiny_test"
+    vision_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 128})
+    text: str = "bert_tiny"
+    text_kwargs: dict[str, Any] = field(default_factory=lambda: {"dim": 64, "depth": 4, "num_heads": 4})
+    backbone_lr_scale: float = 1.0
+
+
 class RISModel(nn.Module, ABC):
     """Base class of referring-segmentation models.
 
@@ -108,10 +128,103 @@ class RISModel(nn.Module, ABC):
     preset: str = ""
     #: bilinear ``align_corners`` of the inference resize (:func:`mask_probabilities`)
     inference_align_corners: bool = False
+    #: keep towers with adapters in eval mode too (frozen towers always are); MARIS's SAM
+    #: encoder keeps train mode, which its gradient checkpointing reads
+    eval_adapted_towers: bool = True
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        #: per tower, the modules wrapped with adapters by :meth:`apply_peft`
+        self.tower_adapters: dict[str, list[str]] = {t: [] for t in TOWERS}
+
+    # ---- the encoder towers ------------------------------------------------------------
+    def build_towers(
+        self,
+        *,
+        vision_kwargs: dict[str, Any] | None = None,
+        text_kwargs: dict[str, Any] | None = None,
+        load_vision_checkpoint: bool = True,
+    ) -> None:
+        """Build ``vision_encoder`` then ``text_encoder`` from the config (:func:`~rislib.models.towers.build_tower`).
+
+        Args:
+            vision_kwargs, text_kwargs: builder keywords added to the config's (a method's
+                own switches, e.g. Swin's ``official_windows``).
+            load_vision_checkpoint: False when the method reads ``vision_checkpoint`` itself
+                (MARIS: an official SAM file initialises the decoder too).
+        """
+        c = self.config
+        common = {"image_size": c.image_size, "max_tokens": c.max_tokens}
+        vision_checkpoint = c.vision_checkpoint if load_vision_checkpoint else None
+        self.vision_encoder = build_tower(  # type: ignore[assignment]
+            "vision", c.vision, {**c.vision_kwargs, **(vision_kwargs or {})}, vision_checkpoint, **common
+        )
+        self.text_encoder = build_tower(  # type: ignore[assignment]
+            "text", c.text, {**c.text_kwargs, **(text_kwargs or {})}, c.text_checkpoint, **common
+        )
+
+    def tower(self, name: str) -> nn.Module:
+        """``"vision"`` -> ``vision_encoder``, ``"text"`` -> ``text_encoder``."""
+        return self.vision_encoder if name == "vision" else self.text_encoder
+
+    def tower_mode(self, tower: str) -> str:
+        """The PEFT mode of a tower (:data:`~rislib.models.towers.PEFT_MODES`); methods with PEFT
+        settings override this, every other tower trains fully."""
+        return "full"
+
+    def apply_peft(self, *, rank: int | None = None, scale: float = 0.1) -> None:
+        """Put each tower in its :meth:`tower_mode` (call at the end of ``__init__``).
+
+        Args:
+            rank: adapter bottleneck width (towers in ``"adapter"`` mode).
+            scale: adapter output scale.
+        """
+        c = self.config
+        for tower in TOWERS:
+            encoder = self.tower(tower)
+            kwargs = c.vision_kwargs if tower == "vision" else c.text_kwargs
+            checkpoint = c.vision_checkpoint if tower == "vision" else c.text_checkpoint
+            self.tower_adapters[tower] = apply_peft(
+                encoder,
+                self.tower_mode(tower),
+                owner=type(self).__name__,
+                tower=tower,
+                name=c.vision if tower == "vision" else c.text,
+                pretrained=checkpoint is not None or kwargs.get("checkpoint") is not None,
+                rank=rank,
+                scale=scale,
+            )
+        self.train(self.training)
+
+    def run_text_tower(self, batch: Batch, device: torch.device) -> TextFeatures:
+        """The text tower on the batch's expressions (without gradients when it is frozen)."""
+        text = self.prepare_text(batch.text, device)
+        with self.tower_grad("text"):
+            return self.text_encoder(text.ids, text.mask)
+
+    def run_vision_tower(self, images: Tensor) -> list[Tensor]:
+        """The vision tower's maps of ``images [B, 3, H, W]`` (without gradients when it is frozen)."""
+        with self.tower_grad("vision"):
+            return self.vision_encoder(images)
+
+    def tower_grad(self, tower: str):
+        """Context: gradients through ``tower`` unless it is frozen (a frozen tower runs without)."""
+        return torch.set_grad_enabled(torch.is_grad_enabled() and self.tower_mode(tower) != "frozen")
+
+    def train(self, mode: bool = True) -> RISModel:
+        """Switch mode; frozen towers (and, with ``eval_adapted_towers``, adapted ones) stay in
+        eval mode (no dropout, no batch-statistics updates)."""
+        super().train(mode)
+        for tower in TOWERS:
+            tower_mode = self.tower_mode(tower) if hasattr(self, f"{tower}_encoder") else "full"
+            if tower_mode == "frozen" or (tower_mode == "adapter" and self.eval_adapted_towers):
+                self.tower(tower).eval()
+        return self
+
+    def trainable_report(self) -> ParameterReport:
+        """Trainable vs frozen parameters per top-level module (``rislib.encoders.parameter_report``)."""
+        return parameter_report(self)
 
     # ---- text ---------------------------------------------------------------------------
     @property
@@ -119,10 +232,10 @@ class RISModel(nn.Module, ABC):
         return self.text_encoder.tokenizer
 
     def prepare_text(self, text: list[str] | TextInput, device: torch.device) -> TextInput:
-        """Tokenise raw strings with the model's tokenizer and move ids to ``device``."""
-        if not isinstance(text, TextInput):
-            text = self.tokenizer(list(text))
-        return text.to(device)
+        """The batch's :class:`TextInput` on ``device``. The data pipeline's collate has tokenised
+        it already; raw strings (a batch written by hand, ``Batch(images, ["a sentence"])``) are
+        tokenised here with the model's tokenizer (:func:`rislib.types.tokenize`)."""
+        return tokenize(text, self.tokenizer).to(device)
 
     @property
     def device(self) -> torch.device:
@@ -169,8 +282,9 @@ class RISModel(nn.Module, ABC):
 
     # ---- optimisation ------------------------------------------------------------------
     def backbone_modules(self) -> list[nn.Module]:
-        """Modules trained at ``backbone_lr_scale`` times the base learning rate."""
-        return [self.vision_encoder, self.text_encoder]
+        """Modules trained at ``backbone_lr_scale`` times the base learning rate: the towers
+        trained fully (adapters are new modules and train at the full rate)."""
+        return [self.tower(t) for t in TOWERS if self.tower_mode(t) == "full"]
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW groups: backbone vs the rest, each split into decayed / not decayed

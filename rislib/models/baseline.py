@@ -18,22 +18,19 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-from ..checkpoint import load_weights
 from ..decoders.fpn import FPNDecoder
-from ..encoders.base import TextEncoder, VisionEncoder
-from ..encoders.registry import build_text_encoder, build_vision_encoder
 from ..fusion.concat import TileConcatFusion
 from ..fusion.pixel_word_attention import PixelWordTransformer
 from ..losses import binary_cross_entropy, dice_loss
 from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
 from .registry import register_model
+from .towers import level_indices
 
 __all__ = [
     "BaselineConfig",
@@ -41,41 +38,8 @@ __all__ = [
     "XAttnConfig",
     "ConcatBaseline",
     "CrossAttentionBaseline",
-    "build_encoders",
     "level_indices",
 ]
-
-
-def build_encoders(config: ModelConfig) -> tuple[VisionEncoder, TextEncoder]:
-    """Build the config's vision and text encoders and load their checkpoints when given.
-
-    The text encoder gets ``max_length=config.max_tokens`` unless ``text_kwargs`` sets it.
-    A checkpoint is loaded strictly, by the encoder's own ``load_checkpoint`` when it has one
-    (timm / BERT key layouts), otherwise by :func:`rislib.checkpoint.load_weights`.
-    """
-    vision = build_vision_encoder(config.vision, **config.vision_kwargs)
-    text = build_text_encoder(config.text, **{"max_length": config.max_tokens, **config.text_kwargs})
-    for encoder, path in ((vision, config.vision_checkpoint), (text, config.text_checkpoint)):
-        if path:
-            loader = getattr(encoder, "load_checkpoint", None)
-            if loader is not None:
-                loader(path)
-            else:
-                load_weights(encoder, path)
-    return vision, text
-
-
-def level_indices(encoder: VisionEncoder, strides: Sequence[int], field_name: str) -> list[int]:
-    """Positions in the encoder's outputs of the maps at ``strides`` (a clear error otherwise)."""
-    out = []
-    for s in strides:
-        if s not in encoder.strides:
-            raise ValueError(
-                f"config field {field_name!r}: stride {s} is not produced by vision encoder "
-                f"{type(encoder).__name__} (its strides are {tuple(encoder.strides)})"
-            )
-        out.append(list(encoder.strides).index(s))
-    return out
 
 
 @dataclass
@@ -206,7 +170,7 @@ class ConcatBaseline(_BaselineBase):
 
     def __init__(self, config: ConcatConfig) -> None:
         super().__init__(config)
-        self.vision_encoder, self.text_encoder = build_encoders(config)
+        self.build_towers()
         self.fusion_index = level_indices(self.vision_encoder, [config.fusion_stride], "fusion_stride")[0]
         self.skip_indices = level_indices(self.vision_encoder, config.decoder_strides, "decoder_strides")
         channels = self.vision_encoder.channels
@@ -247,7 +211,7 @@ class CrossAttentionBaseline(_BaselineBase):
 
     def __init__(self, config: XAttnConfig) -> None:
         super().__init__(config)
-        self.vision_encoder, self.text_encoder = build_encoders(config)
+        self.build_towers()
         level_indices(self.vision_encoder, [config.fusion_stride], "fusion_stride")  # validates the field
         self.skip_indices = level_indices(self.vision_encoder, config.decoder_strides, "decoder_strides")
         # the fusion-stride map and every coarser map are merged into the pixel tokens

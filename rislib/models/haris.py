@@ -54,30 +54,24 @@ alone), ``peft="adapter" | "frozen" | "full"``, ``deep_supervision=False``.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_weights
 from ..decoders.mask2former import MaskedQueryDecoder, MultiScalePixelDecoder
-from ..encoders import add_parallel_adapters, build_text_encoder, build_vision_encoder, freeze, parameter_report
-from ..encoders.base import TextEncoder, VisionEncoder
-from ..encoders.peft import ParameterReport
 from ..fusion.haris import FEEDBACK_MODES, HierarchicalHumanLikeFusion, SimpleFeaturePyramid
 from ..layers.blocks import masked_mean
 from ..losses import dice_loss, sigmoid_focal_loss
 from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
-from .registry import is_on_meta, register_model
 from .registry import parameter_counts as registry_parameter_counts
+from .registry import register_model
+from .towers import PEFT_MODES, TOWERS
 
 __all__ = ["HARISConfig", "HARIS", "PEFT_MODES", "PRESETS", "parameter_counts", "pyramid_sources"]
 
-PEFT_MODES = ("adapter", "frozen", "full")
-TOWERS = ("vision", "text")
 PYRAMID_STRIDES = (4, 8, 16, 32)
 
 
@@ -266,8 +260,7 @@ class HARIS(RISModel):
     def __init__(self, config: HARISConfig) -> None:
         super().__init__(config)
         c = config
-        self.vision_encoder = self._build_tower("vision", c.vision, c.vision_kwargs, c.vision_checkpoint)
-        self.text_encoder = self._build_tower("text", c.text, c.text_kwargs, c.text_checkpoint)
+        self.build_towers()
         strides = tuple(self.vision_encoder.strides)
         self.pyramid = SimpleFeaturePyramid(
             in_channels=self.vision_encoder.channels,
@@ -311,92 +304,28 @@ class HARIS(RISModel):
             num_classes=None,
             dropout=c.dropout,
         )
-        self.adapter_names: dict[str, list[str]] = {"vision": [], "text": []}
-        for tower in TOWERS:
-            self._apply_peft(tower)
+        self.apply_peft(rank=c.adapter_rank, scale=c.adapter_scale)
 
-    # ---- encoders and parameter-efficient fine-tuning ----------------------------------------
-    def _build_tower(
-        self, tower: str, name: str, kwargs: dict[str, Any], checkpoint: str | None
-    ) -> VisionEncoder | TextEncoder:
-        """Build an encoder by name; CLIP towers get the input size / text length and load their
-        checkpoint themselves, other encoders load ``checkpoint`` strictly after building."""
-        kw = dict(kwargs)
-        clip = name.startswith("clip")
-        if tower == "vision" and clip:
-            kw.setdefault("img_size", self.config.image_size)
-        if tower == "text":
-            kw.setdefault("max_length", self.config.max_tokens)
-        if checkpoint is not None and clip:
-            kw.setdefault("checkpoint", checkpoint)
-        encoder = (build_vision_encoder if tower == "vision" else build_text_encoder)(name, **kw)
-        if checkpoint is not None and not clip:
-            load_weights(encoder, checkpoint, source=checkpoint)
-        return encoder
+    # ---- parameter-efficient fine-tuning (the towers are RISModel's) ------------------------
+    def tower_mode(self, tower: str) -> str:
+        """``config.peft`` for the towers in ``peft_towers``, ``"full"`` for the others."""
+        return self.config.tower_mode(tower)
 
-    def _tower(self, tower: str) -> nn.Module:
-        return self.vision_encoder if tower == "vision" else self.text_encoder
-
-    def _apply_peft(self, tower: str) -> None:
-        c = self.config
-        mode = c.tower_mode(tower)
-        if mode == "full":
-            return
-        module = self._tower(tower)
-        pretrained = (c.vision_checkpoint if tower == "vision" else c.text_checkpoint) is not None or (
-            (c.vision_kwargs if tower == "vision" else c.text_kwargs).get("checkpoint") is not None
-        )
-        name = c.vision if tower == "vision" else c.text
-        if not pretrained and name.startswith("clip") and not is_on_meta(module):
-            warnings.warn(
-                f"HARIS: peft={mode!r} freezes the randomly initialised {tower} encoder {name!r} "
-                f"(no {tower}_checkpoint given)",
-                stacklevel=4,
-            )
-        freeze(module)
-        if mode == "adapter":
-            pattern = getattr(module, "adapter_pattern", None)
-            if pattern is None:
-                raise ValueError(
-                    f"HARISConfig.peft: 'adapter' needs an encoder with transformer-block MLPs to wrap; the {tower} "
-                    f"encoder {name!r} declares no 'adapter_pattern' (use peft='frozen' or drop {tower!r} from "
-                    "peft_towers)"
-                )
-            self.adapter_names[tower] = add_parallel_adapters(
-                module, pattern, rank=c.adapter_rank, scale=c.adapter_scale
-            )
-        module.eval()
-
-    def train(self, mode: bool = True) -> HARIS:
-        """Switch mode; towers that are frozen or adapted stay in eval mode (no dropout)."""
-        super().train(mode)
-        for tower in TOWERS:
-            if self.config.tower_mode(tower) != "full":
-                self._tower(tower).eval()
-        return self
-
-    def backbone_modules(self) -> list[nn.Module]:
-        """Towers trained fully get ``backbone_lr_scale``; adapters are new modules and train at
-        the full rate."""
-        return [self._tower(t) for t in TOWERS if self.config.tower_mode(t) == "full"]
-
-    def trainable_report(self) -> ParameterReport:
-        """Trainable vs frozen parameters per top-level module."""
-        return parameter_report(self)
+    @property
+    def adapter_names(self) -> dict[str, list[str]]:
+        """Per tower, the modules wrapped with adapters."""
+        return self.tower_adapters
 
     # ---- the model ---------------------------------------------------------------------------
     def encode_text(self, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Projected words F_w ``[B, L, dim]``, sentence F_s ``[B, dim]`` and mask ``[B, L]``."""
-        text = self.prepare_text(batch.text, device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.tower_mode("text") != "frozen"):
-            feats = self.text_encoder(text.ids, text.mask)
+        feats = self.run_text_tower(batch, device)
         return self.text_proj(feats.words), self.text_proj(feats.sentence), feats.mask
 
     def forward(self, batch: Batch) -> ModelOutput:
         images = batch.images
         words, sentence, word_mask = self.encode_text(batch, images.device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.tower_mode("vision") != "frozen"):
-            taps = self.vision_encoder(images)  # F_v1, F_v2, F_v3 [B, C_v, H/16, W/16]
+        taps = self.run_vision_tower(images)  # F_v1, F_v2, F_v3 [B, C_v, H/16, W/16]
         pyramid = self.pyramid(taps)  # [B, dim, H/s, W/s] for s = 4, 8, 16, 32
         # coarse to fine: blocks at s32, s16, s8; s4 receives only the top-down residual
         fused, words, feedback = self.fusion(pyramid[::-1], words, word_mask, sentence)

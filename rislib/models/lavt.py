@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,11 +55,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..decoders.lavt import SimpleDecoding
-from ..encoders import build_text_encoder, build_vision_encoder
+from ..encoders.hf_text import BertTextEncoder
 from ..fusion.pwam import LanguageGate, PixelWordAttentionModule
 from ..layers import unflatten_hw
 from ..types import Batch, ModelOutput
-from .base import ModelConfig, RISModel
+from .base import RISModel, SwinBertConfig
 from .official import (
     LAVT_UNUSED_OFFICIAL_KEYS,
     convert_official_state_dict,
@@ -73,7 +73,7 @@ __all__ = ["LAVTConfig", "LAVT", "LAVTStageFusion"]
 
 
 @dataclass
-class LAVTConfig(ModelConfig):
+class LAVTConfig(SwinBertConfig):
     """LAVT's configuration; presets ``tiny``, ``small``, ``paper``.
 
     Attributes (besides :class:`ModelConfig`'s; ``vision`` must be a timm Swin, ``text`` a
@@ -87,13 +87,6 @@ class LAVTConfig(ModelConfig):
             ``train.py`` groups, :func:`rislib.models.official.lavt_param_groups`).
     """
 
-    image_size: int = 128
-    max_tokens: int = 20
-    vision: str = "swin_tiny_test"
-    vision_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 128})
-    text: str = "bert_tiny"
-    text_kwargs: dict[str, Any] = field(default_factory=lambda: {"dim": 64, "depth": 4, "num_heads": 4})
-    backbone_lr_scale: float = 1.0
     fusion_heads: int = 1
     fusion_dropout: float = 0.0
     official_windows: bool = True
@@ -183,26 +176,17 @@ class LAVT(RISModel):
             )
         if len(config.class_weights) != 2:
             raise ValueError(f"LAVTConfig.class_weights: expected 2 weights, got {config.class_weights}")
-        vision_kwargs = dict(config.vision_kwargs)
-        if config.official_windows:
-            vision_kwargs["official_windows"] = True
-        self.vision_encoder = build_vision_encoder(config.vision, **vision_kwargs)
-        body = getattr(self.vision_encoder, "body", None)
-        if body is None or not hasattr(body, "patch_embed") or len(getattr(body, "layers", ())) != 4:
+        self.build_towers(vision_kwargs={"official_windows": True} if config.official_windows else None)
+        if getattr(self.vision_encoder, "stages", None) is None:
             raise ValueError(
                 f"LAVTConfig.vision: {config.vision!r} is not a timm Swin backbone with 4 stages "
                 "(expected 'swin_b' or 'swin_tiny_test')"
             )
-        self.text_encoder = build_text_encoder(config.text, **{"max_length": config.max_tokens, **config.text_kwargs})
-        if getattr(self.text_encoder, "bert", None) is None:
+        if not isinstance(self.text_encoder, BertTextEncoder):
             raise ValueError(
                 f"LAVTConfig.text: {config.text!r} is not a BERT-family encoder "
                 "(expected 'bert_base', 'minilm' or 'bert_tiny')"
             )
-        if config.vision_checkpoint:
-            self.vision_encoder.load_checkpoint(config.vision_checkpoint)
-        if config.text_checkpoint:
-            self.text_encoder.load_checkpoint(config.text_checkpoint)
         channels = self.vision_encoder.channels
         self.fusions = nn.ModuleList(
             LAVTStageFusion(
@@ -219,12 +203,9 @@ class LAVT(RISModel):
         ``images [B, 3, H, W]`` in ``[0, 1]``, any size: normalised, then zero-padded on the
         right and bottom to a multiple of 4 (the released ``PatchEmbed``'s padding)."""
         words = self.text_encoder(ids, word_mask).words  # [B, N, D]: all of BERT first
-        body = self.vision_encoder.body
-        x = self.vision_encoder.normalize(images)
-        h, w = x.shape[-2:]
-        x = body.patch_embed(F.pad(x, (0, -w % 4, 0, -h % 4)))  # [B, H'/4, W'/4, C]
+        x = self.vision_encoder.embed_patches(images)  # [B, 3, H, W] -> [B, H'/4, W'/4, C]
         outs = []
-        for stage, fusion in zip(body.layers, self.fusions):
+        for stage, fusion in zip(self.vision_encoder.stages, self.fusions):
             x = stage(x)  # [B, h, w, C_s] (patch merging first from stage 2 on)
             y, x = fusion(x, words, word_mask)
             outs.append(y)

@@ -55,8 +55,8 @@ from ..fusion.lts import INTERACTIONS, CrossModalFeatures, CrossModalLocator
 from ..losses import binary_cross_entropy, dice_loss
 from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
-from .baseline import build_encoders, level_indices
 from .registry import register_model
+from .towers import level_indices
 
 __all__ = ["LTSConfig", "LTS", "localization_target", "localization_loss"]
 
@@ -173,7 +173,7 @@ class LTS(RISModel):
                 f"LTSConfig.feature_dims: expected one width per level {tuple(config.levels)}, "
                 f"got {tuple(config.feature_dims)}"
             )
-        self.vision_encoder, self.text_encoder = build_encoders(config)
+        self.build_towers()
         self.level_indices = level_indices(self.vision_encoder, config.levels, "levels")
         channels = self.vision_encoder.channels
         text_dim = self.text_encoder.dim

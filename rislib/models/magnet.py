@@ -90,7 +90,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -99,7 +99,7 @@ from torch import Tensor, nn
 
 from ..decoders.deformable import DeformablePixelDecoder
 from ..decoders.mask2former import POSITION_EMBEDDINGS, MaskedQueryDecoder, MultiScalePixelDecoder
-from ..encoders import build_text_encoder, build_vision_encoder
+from ..encoders.hf_text import BertTextEncoder
 from ..fusion.magnet_cam import CrossModalAlignmentModule
 from ..fusion.mask_grounding import MaskGroundingHead, mask_tokens
 from ..fusion.pwam import LanguageGate, LanguagePWAM, PixelWordAttentionModule
@@ -113,7 +113,7 @@ from ..losses import (
     pixel_text_alignment_loss,
 )
 from ..types import Batch, ModelOutput
-from .base import ModelConfig, RISModel
+from .base import RISModel, SwinBertConfig
 from .official import (
     MAGNET_UNUSED_OFFICIAL_KEYS,
     convert_official_state_dict,
@@ -137,7 +137,7 @@ def default_bert_cut(num_layers: int, num_stages: int = 4) -> tuple[int, ...]:
 
 
 @dataclass
-class MagNetConfig(ModelConfig):
+class MagNetConfig(SwinBertConfig):
     """MagNet's configuration; presets ``tiny``, ``small``, ``paper``.
 
     Training recipe for ``paper`` (docs/methods/magnet.md#training-recipe): the official
@@ -185,13 +185,6 @@ class MagNetConfig(ModelConfig):
         class_weight, bce_weight, dice_weight, mg_weight, cal_weight: loss weights.
     """
 
-    image_size: int = 128
-    max_tokens: int = 20
-    vision: str = "swin_tiny_test"
-    vision_kwargs: dict[str, Any] = field(default_factory=lambda: {"img_size": 128})
-    text: str = "bert_tiny"
-    text_kwargs: dict[str, Any] = field(default_factory=lambda: {"dim": 64, "depth": 4, "num_heads": 4})
-    backbone_lr_scale: float = 1.0
     bert_cut: tuple[int, ...] | None = None
     fusion_heads: int = 1
     fusion_dropout: float = 0.0
@@ -382,29 +375,18 @@ class MagNet(RISModel):
                 f"MagNetConfig.optimizer_groups: expected 'rislib' or 'lavt', got {config.optimizer_groups!r}"
             )
         self.inference_align_corners = config.inference_align_corners
-        vision_kwargs = dict(config.vision_kwargs)
-        if config.official_windows:
-            vision_kwargs["official_windows"] = True
-        self.vision_encoder = build_vision_encoder(config.vision, **vision_kwargs)
-        body = getattr(self.vision_encoder, "body", None)
-        if body is None or not hasattr(body, "patch_embed") or len(getattr(body, "layers", ())) != 4:
+        self.build_towers(vision_kwargs={"official_windows": True} if config.official_windows else None)
+        if getattr(self.vision_encoder, "stages", None) is None:
             raise ValueError(
                 f"MagNetConfig.vision: {config.vision!r} is not a timm Swin backbone with 4 stages "
                 "(expected 'swin_b' or 'swin_tiny_test')"
             )
-        text_kwargs = {"max_length": config.max_tokens, **config.text_kwargs}
-        self.text_encoder = build_text_encoder(config.text, **text_kwargs)
-        bert = getattr(self.text_encoder, "bert", None)
-        if bert is None:
+        if not isinstance(self.text_encoder, BertTextEncoder):
             raise ValueError(
                 f"MagNetConfig.text: {config.text!r} is not a BERT-family encoder "
                 "(expected 'bert_base', 'minilm' or 'bert_tiny')"
             )
-        if config.vision_checkpoint:
-            self.vision_encoder.load_checkpoint(config.vision_checkpoint)
-        if config.text_checkpoint:
-            self.text_encoder.load_checkpoint(config.text_checkpoint)
-        n_layers = len(bert.encoder.layer)
+        n_layers = self.text_encoder.num_layers
         cut = tuple(config.bert_cut) if config.bert_cut is not None else default_bert_cut(n_layers)
         if len(cut) != 4 or list(cut) != sorted(cut) or cut[-1] != n_layers or cut[0] < 0:
             raise ValueError(
@@ -434,7 +416,7 @@ class MagNet(RISModel):
         self.lang_proj = nn.Linear(text_dim, config.decoder_dim)  # as the official WrapperModel
         self.mask_grounding = (
             MaskGroundingHead(
-                text_dim=text_dim, visual_dim=channels[-1], vocab_size=bert.embeddings.word_embeddings.num_embeddings,
+                text_dim=text_dim, visual_dim=channels[-1], vocab_size=self.text_encoder.vocab_size,
                 num_layers=config.mg_layers, num_heads=config.mg_heads,
             )
             if config.use_mask_grounding
@@ -442,12 +424,6 @@ class MagNet(RISModel):
         )
 
     # ---- encoders -------------------------------------------------------------------------
-    def _bert_layers(self, words: Tensor, attn_mask: Tensor | None, start: int, end: int) -> Tensor:
-        for layer in self.text_encoder.bert.encoder.layer[start:end]:
-            out = layer(words, attention_mask=attn_mask)
-            words = out[0] if isinstance(out, tuple) else out
-        return words
-
     def encode(self, images: Tensor, ids: Tensor, word_mask: Tensor) -> _Encoded:
         """Run the interleaved Swin/BERT encoder; returns the four stage outputs and final words.
 
@@ -471,26 +447,19 @@ class MagNet(RISModel):
     def _encode(
         self, images: Tensor, ids: Tensor, word_mask: Tensor, mg_ids: Tensor | None = None
     ) -> tuple[_Encoded, _Encoded | None]:
-        from transformers.masking_utils import create_bidirectional_mask
-
-        body = self.vision_encoder.body
-        bert = self.text_encoder.bert
         b = ids.shape[0]
         pair = mg_ids is not None
         if pair:
             ids, word_mask = torch.cat([ids, mg_ids]), torch.cat([word_mask, word_mask])  # [2B, N]
-        x = self.vision_encoder.normalize(images)
-        h, w = x.shape[-2:]
-        x = F.pad(x, (0, -w % 4, 0, -h % 4))  # [B, 3, H', W'], multiples of 4
-        x = body.patch_embed(x)  # [B, 3, H', W'] -> [B, H'/4, W'/4, C]
-        words = bert.embeddings(input_ids=ids)  # [B or 2B, N, D]
-        attn_mask = create_bidirectional_mask(config=bert.config, inputs_embeds=words, attention_mask=word_mask)
+        x = self.vision_encoder.embed_patches(images)  # [B, 3, H, W] -> [B, H'/4, W'/4, C]
+        words = self.text_encoder.embed(ids)  # [B or 2B, N, D]
+        attn_mask = self.text_encoder.attention_mask_of(words, word_mask)
         stages, start = [], 0
-        for s, (stage, fusion, end) in enumerate(zip(body.layers, self.fusions, self.bert_cut)):
+        for s, (stage, fusion, end) in enumerate(zip(self.vision_encoder.stages, self.fusions, self.bert_cut)):
             x = stage(x)  # [B, h, w, C_s] (patch merging first from stage 2 on)
             if pair and s == 0:
                 x = torch.cat([x, x])  # stage 1 read no words: both expressions start from it, [2B, h, w, C]
-            words = self._bert_layers(words, attn_mask, start, end)
+            words = self.text_encoder.run_layers(words, attn_mask, start, end)
             start = end
             last = s == len(self.fusions) - 1
             out, x, words = fusion(x, words, word_mask, out_batch=None if last or not pair else b)
@@ -538,7 +507,7 @@ class MagNet(RISModel):
         aux["pixel_embeds"] = mask_features
         aux["text_embed"] = self.lang_proj(masked_mean(enc.words, word_mask))  # [B, dim]
         if mg_enc is not None:
-            emb = self.text_encoder.bert.embeddings.word_embeddings.weight
+            emb = self.text_encoder.word_embeddings
             aux["mg_logits"] = self.mask_grounding(mg_enc.words, word_mask, mg_enc.stages[-1], batch.masks, emb)
         return ModelOutput(logits=logits, aux=aux)
 

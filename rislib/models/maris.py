@@ -45,29 +45,26 @@ pixels; the query token is built from the raw projected sentence), ``use_mm_quer
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import LoadReport, load_weights
+from ..checkpoint import LoadReport
 from ..decoders.maris import NEW_DECODER_MODULES, MutualAwareMaskDecoder
-from ..encoders import add_parallel_adapters, build_text_encoder, build_vision_encoder, freeze, parameter_report
-from ..encoders.peft import ParameterReport
 from ..encoders.sam import SamImageEncoder, split_sam_checkpoint
 from ..fusion.maris import FeatureEnhancement, MutualAwareAttention
 from ..layers.blocks import masked_mean
 from ..losses import binary_cross_entropy, dice_loss
 from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
-from .registry import is_on_meta, register_model
 from .registry import parameter_counts as registry_parameter_counts
+from .registry import register_model
+from .towers import PEFT_MODES
 
 __all__ = ["MARISConfig", "MARIS", "PEFT_MODES", "PRESETS", "default_adapter_rank", "parameter_counts"]
 
-PEFT_MODES = ("adapter", "frozen", "full")
 
 # Adapter rank by ViT width: ViT-H 64 and ViT-B 32 are docs/methods/maris.md#adapters [proposal];
 # ViT-L's 48 and width // 12 for other (course) sizes are this project's interpolation.
@@ -227,8 +224,7 @@ class MARIS(RISModel):
     def __init__(self, config: MARISConfig) -> None:
         super().__init__(config)
         c = config
-        self.vision_encoder = build_vision_encoder(c.vision, **c.vision_kwargs)
-        self.text_encoder = build_text_encoder(c.text, **{"max_length": c.max_tokens, **c.text_kwargs})
+        self.build_towers(load_vision_checkpoint=False)  # an official SAM file also initialises the decoder
         channels = tuple(self.vision_encoder.channels)
         if channels[-1] != c.dim:
             raise ValueError(
@@ -256,60 +252,24 @@ class MARIS(RISModel):
         self.sam_load_reports: dict[str, LoadReport] = {}
         if c.vision_checkpoint is not None:
             self.sam_load_reports = self.load_sam_checkpoint(c.vision_checkpoint, decoder=c.load_sam_decoder)
-        if c.text_checkpoint is not None:
-            loader = getattr(self.text_encoder, "load_checkpoint", None)
-            if loader is not None:
-                loader(c.text_checkpoint)
-            else:
-                load_weights(self.text_encoder, c.text_checkpoint)
-        self.adapter_names: list[str] = []
-        self.adapter_rank = 0
-        self._apply_peft()
+        width = self.vision_encoder.adapter_width
+        self.adapter_rank = (c.adapter_rank or default_adapter_rank(width)) if c.peft == "adapter" and width else 0
+        self.apply_peft(rank=self.adapter_rank or None, scale=c.adapter_scale)
 
-    # ---- parameter-efficient fine-tuning ----------------------------------------------------
-    def _apply_peft(self) -> None:
-        c = self.config
-        if c.peft in ("adapter", "frozen"):
-            pretrained = c.vision_checkpoint is not None or c.vision_kwargs.get("checkpoint") is not None
-            if not pretrained and not is_on_meta(self.vision_encoder):
-                warnings.warn(
-                    f"MARIS: peft={c.peft!r} freezes a randomly initialised SAM encoder (no vision_checkpoint given)",
-                    stacklevel=3,
-                )
-            freeze(self.vision_encoder)
-            if c.peft == "adapter":
-                if not hasattr(self.vision_encoder, "blocks"):
-                    raise ValueError(
-                        f"MARISConfig.peft: 'adapter' needs a ViT encoder with 'blocks.*.mlp' ({c.vision!r} has none)"
-                    )
-                spec = getattr(self.vision_encoder, "spec", None)
-                width = spec.embed_dim if spec is not None else self.vision_encoder.channels[0]
-                self.adapter_rank = c.adapter_rank or default_adapter_rank(width)
-                self.adapter_names = add_parallel_adapters(
-                    self.vision_encoder, "blocks.*.mlp", rank=self.adapter_rank, scale=c.adapter_scale
-                )
-        if c.freeze_text:
-            freeze(self.text_encoder)
-            self.text_encoder.eval()
+    # ---- parameter-efficient fine-tuning (the towers are RISModel's) ------------------------
+    #: SAM's encoder reads train mode for gradient checkpointing: adapted, it keeps its mode
+    eval_adapted_towers = False
 
-    def train(self, mode: bool = True) -> MARIS:
-        """Switch mode; a frozen text encoder stays in eval mode (no dropout)."""
-        super().train(mode)
-        if self.config.freeze_text:
-            self.text_encoder.eval()
-        return self
+    def tower_mode(self, tower: str) -> str:
+        """Vision: ``config.peft``; text: ``"frozen"`` with ``freeze_text``, else ``"full"``."""
+        if tower == "vision":
+            return self.config.peft
+        return "frozen" if self.config.freeze_text else "full"
 
-    def backbone_modules(self) -> list[nn.Module]:
-        """Encoders trained at ``backbone_lr_scale``. With ``peft="adapter"`` the vision encoder's
-        only trainable parameters are its adapters, new modules that train at the full rate
-        (docs/methods/maris.md#recipe); frozen parameters are in no group at all."""
-        if self.config.peft == "adapter":
-            return [self.text_encoder]
-        return [self.vision_encoder, self.text_encoder]
-
-    def trainable_report(self) -> ParameterReport:
-        """Trainable vs frozen parameters per top-level module (``rislib.encoders.parameter_report``)."""
-        return parameter_report(self)
+    @property
+    def adapter_names(self) -> list[str]:
+        """The vision encoder's modules wrapped with adapters."""
+        return self.tower_adapters["vision"]
 
     # ---- official SAM weights ----------------------------------------------------------------
     def load_sam_checkpoint(
@@ -349,16 +309,13 @@ class MARIS(RISModel):
     # ---- the model ---------------------------------------------------------------------------
     def encode_text(self, batch: Batch, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Projected words ``[B, L, C]``, sentence ``[B, C]`` and mask ``[B, L]``."""
-        text = self.prepare_text(batch.text, device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text):
-            feats = self.text_encoder(text.ids, text.mask)
+        feats = self.run_text_tower(batch, device)
         return self.text_proj(feats.words), self.text_proj(feats.sentence), feats.mask
 
     def forward(self, batch: Batch) -> ModelOutput:
         images = batch.images
         words, sentence, word_mask = self.encode_text(batch, images.device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.peft != "frozen"):
-            maps = self.vision_encoder(images)  # taps [B, C_vit, h, w]..., neck [B, C, h, w]
+        maps = self.run_vision_tower(images)  # taps [B, C_vit, h, w]..., neck [B, C, h, w]
         vision = self.feature_enhancement(maps[:-1], maps[-1])  # [B, C, h, w]
         vision, words = self.fusion(vision, words, word_mask)  # F_v'' [B, C, h, w], F_l'' [B, L, C]
         summary = masked_mean(words, word_mask) if self.config.use_lga else sentence  # [B, C]

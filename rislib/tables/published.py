@@ -247,6 +247,11 @@ def _not_retrieved(method: str, variant: str, backbone: str, source: str, note: 
 
 
 def _build() -> tuple[PublishedResult, ...]:
+    """Every published number, one block per paper's table.
+
+    Length: data, not logic; each block transcribes one table with its source, so that the
+    numbers can be checked against the paper line by line.
+    """
     rows: list[PublishedResult] = []
     network = {"protocol": "network"}
 

@@ -8,8 +8,11 @@
   per-word heatmap grids).
 * :func:`explorer` is the ipywidgets app; :func:`static_explorer` its matplotlib twin.
 * :func:`figures_dir` is where notebooks save figures (a temporary folder under test).
+* :func:`plot_curves` draws a run's training curves from its ``log.jsonl`` (defined beside the
+  trainer, which draws ``curves.png`` with it, since a lower layer never imports viz).
 """
 
+from ..engine.curves import plot_curves
 from ..layers.recording import AttentionRecorder
 from .attention import (
     KINDS,
@@ -64,6 +67,7 @@ __all__ = [
     "new_figure",
     "overlay_heatmap",
     "overlay_mask",
+    "plot_curves",
     "plot_attention",
     "plot_prediction",
     "plot_word_heatmaps",

@@ -1,18 +1,4 @@
-"""RefShapes and gRefShapes: the course's synthetic referring-segmentation benchmark (spec v1).
-
-:func:`generate_refshapes` writes a data set in the REFER layout that the RefCOCO loaders
-read (``docs/refshapes.md``)::
-
-    ROOT/images/refshapes/refshapes_<split>_<image_id:07d>.png
-    ROOT/refshapes/instances.json        COCO dict: images, annotations, categories
-    ROOT/refshapes/refs(synth).p         pickle of built-in types: the list of refs
-    ROOT/grefshapes/instances.json       (generalized=True) the same instances
-    ROOT/grefshapes/grefs(synth).json    (generalized=True) gRefCOCO-style refs
-
-One image is a pure function of ``(seed, split, index)`` and the parameters: its random
-generator is seeded from those three numbers, so the files are byte-identical for the same
-seed whatever the number of worker processes. Ids (image, annotation, ref, sentence) are
-given afterwards in split order, then image order.
+"""One RefShapes image and its references, a pure function of ``(params, split, index)``.
 
 Per image (see :func:`generate_image`): draw whether it carries a salient distractor (30%),
 place 2-8 objects with the occlusion rules, compute the visible masks and centres, list the
@@ -21,53 +7,34 @@ draw 1-3 distinct sentences for each, and verify every sentence by parsing it ba
 evaluating it on the scene (it must denote exactly its target). A layout that cannot satisfy
 the split's needs (testB needs a spatial reference, testC a held-out-pair referent, the
 distractor image a reference to its small object) is redrawn from the same generator.
-
-This project's interpretation where the spec is silent: sizes are ``small`` / ``big`` with
-equal probability; in the distractor the big object shares the shape, the colour, or both
-(one third each); in the generalized variant, an image with ``n`` single-target references
-gets on average ``n * 25/60`` multi-target and ``n * 15/60`` no-target ones (stochastic
-rounding), a no-target NP is a "near miss" (its colour and its shape are both in the image)
-half of the time when one exists, and outside testC no-target NPs avoid the held-out pairs
-(which testC uses exclusively) so that held-out words never meet in training text either.
+The data set around the images is written by :mod:`rislib.data.refshapes.generate`.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import multiprocessing as mp
-import os
-import pickle
-import sys
-import time
-import warnings
-from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_utils
 from PIL import Image
 
-from .refshapes_candidates import (
+from .candidates import (
     multi_candidates,
     none_candidates,
     sample_sentences,
     select_references,
     single_candidates,
 )
-from .refshapes_language import NP, SINGLE_TYPES, Scene, SceneObject, evaluate, expression_type, parse_expression
-from .refshapes_render import (
+from .language import NP, SINGLE_TYPES, Scene, SceneObject, evaluate, expression_type, parse_expression
+from .render import (
     CATEGORY_IDS,
     COLOURS,
     HELD_OUT_PAIRS,
     SHAPES,
     Layout,
     ObjectSpec,
-    check_image_size,
     gradient_background,
     place_objects,
 )
@@ -78,7 +45,6 @@ __all__ = [
     "DEFAULT_COUNTS",
     "SPEC_VERSION",
     "RefShapesParams",
-    "generate_refshapes",
     "generate_image",
     "image_file_name",
 ]
@@ -214,6 +180,10 @@ def generate_image(params: RefShapesParams, split: str, index: int) -> dict[str,
         "distractor": bool, "rejected": int, "attempts": int}``; objects carry
         ``category_id``, ``segmentation``, ``area``, ``bbox``, and ``shape``/``colour``/``size``;
         a ref names its object index ``obj`` (grefs: a list ``objs``), ``type`` and ``sentences``.
+
+    Length: one function on purpose. Every random draw of an image comes from one generator
+    in one fixed order (the data set's files are byte-identical for a seed, spec v1), and the
+    order is easiest to audit read top to bottom in one place.
     """
     if split not in SPLITS:
         raise ValueError(f"RefShapes split: expected one of {SPLITS}, got {split!r}")
@@ -341,243 +311,3 @@ def _work(task: tuple[RefShapesParams, str, int, str]) -> dict[str, Any]:
     Image.fromarray(result.pop("pixels")).save(path, format="PNG")
     result.pop("owner")
     return result
-
-
-def _check_counts(counts: Mapping[str, int] | None) -> dict[str, int]:
-    if counts is None:
-        return dict(DEFAULT_COUNTS)
-    unknown = set(counts) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"generate_refshapes counts: unknown split(s) {sorted(unknown)}; expected keys from {SPLITS}")
-    out = {}
-    for s in SPLITS:
-        v = counts.get(s, 0)
-        if not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"generate_refshapes counts[{s!r}]: expected a non-negative int, got {v!r}")
-        out[s] = int(v)
-    return out
-
-
-def _write_atomic(path: Path, data: bytes) -> Path | None:
-    """Write ``data`` to ``path`` atomically, never replacing a different file in place.
-
-    An existing file with the same bytes is left as it is (the generator is deterministic,
-    so regenerating the same data set changes nothing); one with other bytes is first moved
-    aside to ``<name>.replaced-<time>`` (returned) and a warning names both files.
-    """
-    aside = None
-    if path.is_file():
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return None
-        aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        k = 1
-        while aside.exists():
-            aside = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{k}")
-            k += 1
-        os.replace(path, aside)
-        warnings.warn(f"{path}: an existing file with other content was moved to {aside.name}", stacklevel=3)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return aside
-
-
-def _pickle_bytes(obj: Any) -> bytes:
-    """Pickle (protocol 2, readable by the Python 2 REFER toolkit) without the memo.
-
-    The memo writes a back-reference when the *same object* occurs twice, so the bytes would
-    depend on object identity (which differs between in-process and worker-process runs);
-    without it they depend only on the content.
-    """
-    buf = io.BytesIO()
-    pickler = pickle.Pickler(buf, protocol=2)
-    pickler.fast = True
-    pickler.dump(obj)
-    return buf.getvalue()
-
-
-def _pool_context() -> mp.context.BaseContext:
-    # fork starts workers in milliseconds; elsewhere fall back to the platform default.
-    if sys.platform.startswith("linux"):
-        return mp.get_context("fork")
-    return mp.get_context()
-
-
-def generate_refshapes(
-    out_dir: str | os.PathLike,
-    *,
-    seed: int = 0,
-    size: int = 256,
-    counts: Mapping[str, int] | None = None,
-    generalized: bool = False,
-    workers: int | None = None,
-    progress: bool = True,
-    objects: tuple[int, int] = (2, 8),
-    max_refs: int = 4,
-) -> dict[str, Any]:
-    """Generate RefShapes (and gRefShapes with ``generalized=True``) under ``out_dir``.
-
-    Args:
-        out_dir: data root (``ROOT`` in the layout above); created if missing. Annotation
-            files already there are never overwritten in place: identical ones are kept, and
-            different ones are moved aside to ``<name>.replaced-<time>`` first (a warning
-            names them).
-        seed: data set seed; the same seed and parameters give byte-identical files.
-        size: image side ``S``, a multiple of 32 in [64, 1024].
-        counts: images per split, e.g. ``{"train": 20, "val": 4}``; splits left out get none.
-            Default: train 20,000, val/testA/testB/testC 1,000 each.
-        generalized: also write ``grefshapes/`` (multi-target and no-target references).
-        workers: worker processes (``None``: all CPUs; ``0``: this process only).
-        progress: show a tqdm bar.
-        objects: (min, max) objects per image.
-        max_refs: references kept per image.
-
-    Returns:
-        a summary: ``root``, ``images``/``refs``/``sentences`` per split, ``types`` per split,
-        ``gref_types`` (generalized), ``distractor_images``, ``rejected_sentences`` (sentences
-        that failed verification and were dropped; 0 in a correct generator) and ``seconds``.
-    """
-    size = check_image_size(size)
-    counts = _check_counts(counts)
-    lo, hi = (int(v) for v in objects)
-    if not 1 <= lo <= hi:
-        raise ValueError(f"generate_refshapes objects: expected (min, max) with 1 <= min <= max, got {objects!r}")
-    if max_refs < 1:
-        raise ValueError(f"generate_refshapes max_refs: expected >= 1, got {max_refs!r}")
-    params = RefShapesParams(
-        seed=int(seed), size=size, objects=(lo, hi), max_refs=int(max_refs), generalized=bool(generalized)
-    )
-    root = Path(out_dir)
-    image_dir = root / "images" / "refshapes"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    (root / "refshapes").mkdir(parents=True, exist_ok=True)
-
-    tasks, entries = [], []
-    image_id = 0
-    for split in SPLITS:
-        for index in range(counts[split]):
-            image_id += 1
-            name = image_file_name(split, image_id)
-            entries.append((split, image_id, name))
-            tasks.append((params, split, index, str(image_dir / name)))
-
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    bar = tqdm(total=len(tasks), desc="RefShapes", unit="img", disable=not progress)
-    results: list[dict[str, Any]] = []
-    if n_workers <= 1 or len(tasks) < 2:
-        for task in tasks:
-            results.append(_work(task))
-            bar.update()
-    else:
-        with _pool_context().Pool(min(n_workers, len(tasks))) as pool:
-            for res in pool.imap(_work, tasks, chunksize=max(1, min(32, len(tasks) // (4 * n_workers)))):
-                results.append(res)
-                bar.update()
-    bar.close()
-
-    images, annotations, refs, grefs = [], [], [], []
-    ann_id, ref_id, sent_id, gref_id, gsent_id = 0, 0, 0, 0, 0
-    summary: dict[str, Any] = {
-        "root": str(root),
-        "spec_version": SPEC_VERSION,
-        "images": {},
-        "refs": {},
-        "sentences": {},
-        "types": {},
-        "distractor_images": 0,
-        "rejected_sentences": 0,
-    }
-    type_counts: dict[str, Counter] = {s: Counter() for s in SPLITS if counts[s]}
-    gref_counts: dict[str, Counter] = {s: Counter() for s in SPLITS if counts[s]}
-    for (split, img_id, name), res in zip(entries, results):
-        images.append({"id": img_id, "file_name": name, "height": size, "width": size})
-        ann_ids = []
-        for obj in res["objects"]:
-            ann_id += 1
-            ann_ids.append(ann_id)
-            annotations.append(
-                {
-                    "id": ann_id,
-                    "image_id": img_id,
-                    "category_id": obj["category_id"],
-                    "segmentation": obj["segmentation"],
-                    "area": obj["area"],
-                    "bbox": obj["bbox"],
-                    "iscrowd": 0,
-                }
-            )
-        for ref in res["refs"]:
-            sents = []
-            for s in ref["sentences"]:
-                sents.append({"sent_id": sent_id, "sent": s, "raw": s, "tokens": s.split()})
-                sent_id += 1
-            obj = res["objects"][ref["obj"]]
-            refs.append(
-                {
-                    "ref_id": ref_id,
-                    "ann_id": ann_ids[ref["obj"]],
-                    "image_id": img_id,
-                    "split": split,
-                    "category_id": obj["category_id"],
-                    "file_name": name,
-                    "sent_ids": [s["sent_id"] for s in sents],
-                    "sentences": sents,
-                    "type": ref["type"],
-                }
-            )
-            ref_id += 1
-            type_counts[split][ref["type"]] += 1
-        for gref in res["grefs"]:
-            sents = []
-            for s in gref["sentences"]:
-                sents.append({"sent_id": gsent_id, "sent": s, "raw": s, "tokens": s.split()})
-                gsent_id += 1
-            grefs.append(
-                {
-                    "ref_id": gref_id,
-                    "image_id": img_id,
-                    "split": split,
-                    "file_name": name,
-                    "category_id": [res["objects"][i]["category_id"] for i in gref["objs"]],
-                    "ann_id": [ann_ids[i] for i in gref["objs"]] or [-1],
-                    "no_target": not gref["objs"],
-                    "sent_ids": [s["sent_id"] for s in sents],
-                    "sentences": sents,
-                    "type": gref["type"],
-                }
-            )
-            gref_id += 1
-            gref_counts[split][gref["type"]] += 1
-        summary["distractor_images"] += int(res["distractor"])
-        summary["rejected_sentences"] += res["rejected"]
-
-    categories = [{"id": CATEGORY_IDS[s], "name": s, "supercategory": "shape"} for s in SHAPES]
-    instances = {
-        "info": {"description": "RefShapes", "version": SPEC_VERSION, "seed": params.seed, "size": size},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
-    instances_bytes = json.dumps(instances, separators=(",", ":")).encode("utf-8")
-    _write_atomic(root / "refshapes" / "instances.json", instances_bytes)
-    _write_atomic(root / "refshapes" / "refs(synth).p", _pickle_bytes(refs))
-    if generalized:
-        (root / "grefshapes").mkdir(parents=True, exist_ok=True)
-        _write_atomic(root / "grefshapes" / "instances.json", instances_bytes)
-        _write_atomic(root / "grefshapes" / "grefs(synth).json", json.dumps(grefs, separators=(",", ":")).encode())
-        summary["gref_types"] = {s: dict(sorted(c.items())) for s, c in gref_counts.items()}
-
-    for split in SPLITS:
-        if not counts[split]:
-            continue
-        split_refs = [r for r in refs if r["split"] == split]
-        summary["images"][split] = counts[split]
-        summary["refs"][split] = len(split_refs)
-        summary["sentences"][split] = sum(len(r["sentences"]) for r in split_refs)
-        summary["types"][split] = dict(sorted(type_counts[split].items()))
-    summary["seconds"] = time.perf_counter() - start
-    return summary
