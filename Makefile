@@ -13,7 +13,7 @@ CHECK_TREE   = git status --porcelain 2>/dev/null | diff -u $(TREE_BEFORE) - >/d
 	|| { echo "the tests changed the working tree (git status before -> after):"; \
 	     git status --porcelain | diff -u $(TREE_BEFORE) -; exit 1; }
 
-.PHONY: setup test test-slow test-browser demo lab bench lint lock clean
+.PHONY: setup test test-slow test-browser demo course lab bench lint lock clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,10 @@ test-browser: setup
 
 demo: setup
 	$(BIN)/python -m rislib demo
+
+# Every notebook in its full setting, outputs written back, cell times in docs/course_times.md.
+course: setup
+	$(BIN)/python benchmarks/run_course.py
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
