@@ -10,7 +10,9 @@ For the run folder of ``benchmarks/train_shipped.sh`` this script
    (:func:`rislib.models.pretrained.generate_check_subset`: the first 40 images of each
    evaluation split) and records those numbers too: ``tests/test_pretrained.py`` regenerates
    the subset and checks that the shipped file still reproduces them;
-4. copies ``summary.json``, ``log.jsonl`` and ``curves.png`` from the run.
+4. copies ``summary.json``, ``log.jsonl`` and ``curves.png`` from the run, and for a run
+   fine-tuned from another (``rislib train --init``, given as ``--first-stage``) that run's
+   summary and log as ``stage1_summary.json`` and ``stage1_log.jsonl``.
 
 Example::
 
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="folder name (default <method>-tiny-refshapes)")
     p.add_argument("--rename", nargs=2, action="append", metavar=("LOCAL", "PUBLIC"),
                    help="write PUBLIC for the path LOCAL in the summary, log and command (repeatable)")  # fmt: skip
+    p.add_argument("--first-stage", default=None, metavar="RUN",
+                   help="the run --run was fine-tuned from (train --init); its summary and log ship too")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -90,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copyfile(run / "curves.png", folder / "curves.png")
     for file in ("summary.json", "log.jsonl"):
         (folder / file).write_text(public((run / file).read_text()))
+        stage1 = folder / f"stage1_{file}"
+        if a.first_stage:
+            stage1.write_text(public((Path(a.first_stage) / file).read_text()))
+        else:
+            stage1.unlink(missing_ok=True)
 
     start = time.perf_counter()
     full = score(model, a.eval_data, progress=not a.no_progress)

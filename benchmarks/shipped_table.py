@@ -44,14 +44,17 @@ def load_models() -> list[dict]:
     for folder in sorted(CHECKPOINTS.iterdir()):
         if not (folder / "eval.json").is_file():
             continue
-        summary = json.loads((folder / "summary.json").read_text())
         evaluation = json.loads((folder / "eval.json").read_text())
-        curve = []
-        for line in (folder / "log.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            if row.get("kind") == "val":
-                curve.append((row["step"], row["mIoU"]))
-        models.append({"name": folder.name, "summary": summary, "eval": evaluation, "curve": curve})
+        stages = [prefix for prefix in ("stage1_", "") if (folder / f"{prefix}summary.json").is_file()]
+        summaries, curve, offset = [], [], 0
+        for prefix in stages:  # a fine-tuned model: the first stage's steps come first
+            summaries.append(json.loads((folder / f"{prefix}summary.json").read_text()))
+            for line in (folder / f"{prefix}log.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                if row.get("kind") == "val":
+                    curve.append((offset + row["step"], row["mIoU"]))
+            offset += summaries[-1]["steps"]
+        models.append({"name": folder.name, "summaries": summaries, "eval": evaluation, "curve": curve})
     rank = {m: i for i, m in enumerate(ORDER)}
     return sorted(models, key=lambda m: rank.get(m["eval"]["model"], len(ORDER)))
 
@@ -60,13 +63,16 @@ def table(models: list[dict], best: dict[str, float]) -> str:
     head = "| model | parameters | steps | CPU min | " + " | ".join(f"{s} mIoU / oIoU" for s in SPLITS) + " |"
     lines = [head, "|---|---:|---:|---:|" + "---:|" * len(SPLITS)]
     for m in models:
-        s, e = m["summary"], m["eval"]
+        e = m["eval"]
+        steps = sum(s["steps"] for s in m["summaries"])
+        minutes = sum(s["train_cpu_minutes"] for s in m["summaries"])
         cells = []
         for split in SPLITS:
             metrics = e["splits"][split]["metrics"]
             cells.append(f"{metrics['mIoU']:.1f} / {metrics['oIoU']:.1f}")
         params = e.get("parameters")
-        row = f"| {m['name']} | {params / 1e6:.2f} M | {s['steps']:,} | {s['train_cpu_minutes']:.0f} | "
+        stages = " (2 stages)" if len(m["summaries"]) > 1 else ""
+        row = f"| {m['name']} | {params / 1e6:.2f} M | {steps:,}{stages} | {minutes:.0f} | "
         lines.append(row + " | ".join(cells) + " |")
     cells = [f"{best[s]:.1f}" if s in best else "—" for s in SPLITS]
     lines.append("| best expression-blind heuristic | | | | " + " | ".join(cells) + " |")
@@ -80,8 +86,7 @@ def figure(models: list[dict], best: dict[str, float], path: Path) -> None:
         values = [m["eval"]["splits"][s]["metrics"]["mIoU"] for s in SPLITS]
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(SPLITS))]
         ax.bar(xs, values, width, label=m["eval"]["model"])
-        steps = [p[0] for p in m["curve"]]
-        ax2.plot([s / max(steps) for s in steps], [p[1] for p in m["curve"]], marker="o", ms=3,
+        ax2.plot([p[0] for p in m["curve"]], [p[1] for p in m["curve"]], marker="o", ms=3,
                  label=m["eval"]["model"])  # fmt: skip
     for j, s in enumerate(SPLITS):
         if s in best:
@@ -92,7 +97,7 @@ def figure(models: list[dict], best: dict[str, float], path: Path) -> None:
                  "dashed: best expression-blind heuristic", fontsize=9)  # fmt: skip
     ax.set_ylim(0, max(ax.get_ylim()[1], 60) * 1.25)  # room for the legend above the bars
     ax.legend(fontsize=7, ncols=6, loc="upper center")
-    ax2.set_xlabel("fraction of the run (the first 60% at 64 px)")
+    ax2.set_xlabel("optimiser steps of batch 16 (each run: the first 60% at 64 px)")
     ax2.set_ylabel("val mIoU (%), 128 px val")
     ax2.set_title("validation during training", fontsize=9)
     ax2.legend(fontsize=7)
@@ -102,7 +107,7 @@ def figure(models: list[dict], best: dict[str, float], path: Path) -> None:
 def main() -> None:
     models = load_models()
     best = floor()
-    commands = "\n".join(f"    {m['summary'].get('command', '')}" for m in models)
+    commands = "\n".join(f"    {s.get('command', '')}" for m in models for s in m["summaries"])
     ship = "\n".join(f"    {m['eval'].get('command', '')}" for m in models)
     text = f"""# Shipped models
 
