@@ -2,7 +2,8 @@
 
 Each notebook under ``notebooks/`` runs top to bottom in a fresh kernel, in the setting a
 learner gets by default (``RISLIB_FAST`` unset), with the outputs written back into the
-notebook (``--no-inplace`` keeps the files as they are). After the last cell the runner reads
+notebook together with the measured time in its ``**Run time.**`` paragraph (``--no-inplace``
+keeps the files as they are). After the last cell the runner reads
 the notebook's ``COURSE_METRICS`` dictionary, if it defines one (the final figures it wants
 reported, e.g. the trained model's val mIoU beside the floor). It writes
 
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -69,7 +71,26 @@ def run_notebook(path: Path, *, inplace: bool, timeout: int) -> dict:
     metrics = json.loads(text.splitlines()[-1]) if text else {}
     if inplace:
         nbformat.write(nb, path)
+        stamp_run_time(path, seconds, time.strftime("%Y-%m-%d"))
     return {"seconds": round(seconds, 1), "cells": cells, "metrics": metrics}
+
+
+RUN_TIME = re.compile(r"Full setting \(the default\):.*?on a GPU, not measured\.", re.DOTALL)
+
+
+def stamp_run_time(path: Path, seconds: float, date: str) -> None:
+    """Write the measured full-setting time into the notebook's ``**Run time.**`` paragraph
+    (first cell), adding the paragraph where there is none."""
+    nb = nbformat.read(path, as_version=4)
+    took = f"{seconds / 60:.1f} minutes" if seconds >= 60 else f"{seconds:.0f} seconds"
+    sentence = (f"Full setting (the default): {took} on a {os.cpu_count()}-core CPU (measured by `make course`\n"
+                f"on {date}); on a GPU, not measured.")  # fmt: skip
+    first = nb.cells[0]
+    if RUN_TIME.search(first.source):
+        first.source = RUN_TIME.sub(lambda _: sentence, first.source, count=1)
+    else:
+        first.source = first.source.rstrip() + f"\n\n**Run time.** {sentence}"
+    nbformat.write(nb, path)
 
 
 def markdown(record: dict) -> str:
