@@ -22,6 +22,7 @@ reported, e.g. the trained model's val mIoU beside the floor). It writes
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -58,7 +59,7 @@ def _text(cell) -> str:
 def run_notebook(path: Path, *, inplace: bool, timeout: int) -> dict:
     """Execute ``path`` cell by cell; ``{"seconds", "cells": [...], "metrics"}``."""
     nb = nbformat.read(path, as_version=4)
-    stored = nbformat.read(path, as_version=4)  # the outputs before this run
+    stored = copy.deepcopy(nb)  # the outputs before this run
     resources = {"metadata": {"path": str(path.parent)}}  # notebooks run in their own folder
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources=resources)
     cells, start = [], time.perf_counter()
@@ -75,7 +76,7 @@ def run_notebook(path: Path, *, inplace: bool, timeout: int) -> dict:
         nb.cells.append(nbformat.v4.new_code_cell(PROBE))  # read COURSE_METRICS, then drop the cell
         client.execute_cell(nb.cells[-1], len(nb.cells) - 1, store_history=False)
         probe = nb.cells.pop()
-    text = "".join(o.get("text", "") for o in probe.outputs if o.get("output_type") == "stream").strip()
+    text = _text(probe).strip()
     metrics = json.loads(text.splitlines()[-1]) if text else {}
     kept = False
     if inplace:
@@ -84,22 +85,21 @@ def run_notebook(path: Path, *, inplace: bool, timeout: int) -> dict:
         changed = [i for i, (old, new) in enumerate(zip(stored.cells, nb.cells))
                    if "NBVAL_CHECK_OUTPUT" in new.source and _text(old) != _text(new)]  # fmt: skip
         kept = bool(changed)
-        if changed:
+        if kept:
             print(f"{path.name}: checked cells {changed} print other text in the full setting; "
                   "the stored outputs are kept", flush=True)  # fmt: skip
-        else:
-            nbformat.write(nb, path)
-        stamp_run_time(path, seconds, time.strftime("%Y-%m-%d"))
+        written = stored if kept else nb
+        stamp_run_time(written, seconds, time.strftime("%Y-%m-%d"))
+        nbformat.write(written, path)
     return {"seconds": round(seconds, 1), "cells": cells, "metrics": metrics, "outputs_kept": inplace and kept}
 
 
 RUN_TIME = re.compile(r"Full setting \(the default\):.*?on a GPU, not measured\.", re.DOTALL)
 
 
-def stamp_run_time(path: Path, seconds: float, date: str) -> None:
+def stamp_run_time(nb: nbformat.NotebookNode, seconds: float, date: str) -> None:
     """Write the measured full-setting time into the notebook's ``**Run time.**`` paragraph
     (first cell), adding the paragraph where there is none."""
-    nb = nbformat.read(path, as_version=4)
     took = f"{seconds / 60:.1f} minutes" if seconds >= 60 else f"{seconds:.0f} seconds"
     sentence = (f"Full setting (the default): {took} on a {os.cpu_count()}-core CPU (measured by `make course`\n"
                 f"on {date}); on a GPU, not measured.")  # fmt: skip
@@ -108,7 +108,6 @@ def stamp_run_time(path: Path, seconds: float, date: str) -> None:
         first.source = RUN_TIME.sub(lambda _: sentence, first.source, count=1)
     else:
         first.source = first.source.rstrip() + f"\n\n**Run time.** {sentence}"
-    nbformat.write(nb, path)
 
 
 def markdown(record: dict) -> str:
