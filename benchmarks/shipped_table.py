@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from gpu_results import FLOOR_FILE, load_floor  # noqa: E402  (benchmarks/, next to this script)
 
 BENCH = Path(__file__).resolve().parent
 CHECKPOINTS = BENCH / "checkpoints"
@@ -31,9 +32,8 @@ ORDER = ("concat", "xattn", "lts", "maris", "magnet", "haris")
 
 def floor() -> dict[str, float]:
     """Best heuristic mIoU per split (those measured; val has none recorded)."""
-    record = json.loads((BENCH / "results" / "heuristics_refshapes.json").read_text())
     best: dict[str, float] = {}
-    for per_split in record["summary"].values():
+    for per_split in load_floor(FLOOR_FILE).values():
         for split, m in per_split.items():
             best[split] = max(best.get(split, 0.0), m["mIoU"])
     return best
