@@ -82,13 +82,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--rows", nargs="*", default=None, help="row names to run (default: all)")
     p.add_argument("--force", action="store_true", help="re-run rows whose results exist")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="train every row once per seed, results in <out>/seed<k>/<row> (default: --seed only, "
+                   "results in <out>/<row>)")  # fmt: skip
+    p.add_argument("--train-data", default=None, help="an existing RefShapes root to train on (default: --data)")
+    p.add_argument("--eval-data", default=None, help="an existing RefShapes root to score on (default: --data)")
+    p.add_argument("--model-steps", nargs="*", default=[], metavar="MODEL=STEPS",
+                   help="per-method steps replacing --steps, e.g. lts=7500 maris=5000")  # fmt: skip
+    p.add_argument("--preload", action="store_true",
+                   help="decode the training split once (cached in <train-data>/cache) and the test splits in memory")
+    p.add_argument("--skip-floor", action="store_true", help="do not score the heuristics (another process does)")
+    p.add_argument("--summarize", action="store_true", help="only rewrite summary.md and the figure from the results")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.model_steps = {k: int(v) for k, v in (item.split("=", 1) for item in args.model_steps)}
+    except ValueError:
+        p.error(f"--model-steps: expected MODEL=STEPS items such as lts=7500, got {args.model_steps}")
+    for flag in ("train_data", "eval_data"):
+        root = getattr(args, flag)
+        if root is not None and not (Path(root) / "refshapes" / "instances.json").is_file():
+            p.error(f"--{flag.replace('_', '-')} {root}: no refshapes/instances.json there (expected an existing "
+                    "RefShapes root; this script generates data only at --data)")  # fmt: skip
+    return args
 
 
-def setting(args: argparse.Namespace) -> dict[str, Any]:
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    """The training seeds; one folder level per seed when ``--seeds`` was given."""
+    return list(args.seeds) if args.seeds else [args.seed]
+
+
+def row_dir(args: argparse.Namespace, name: str, seed: int) -> Path:
+    """``<out>/<row>`` (one seed) or ``<out>/seed<k>/<row>`` (``--seeds``)."""
+    return Path(args.out) / (f"seed{seed}/{name}" if args.seeds else name)
+
+
+def steps_of(args: argparse.Namespace, model_name: str) -> int:
+    return args.model_steps.get(model_name, args.steps)
+
+
+def setting(args: argparse.Namespace, seed: int | None = None) -> dict[str, Any]:
     """What every row shares (recorded in every file, compared before a row is skipped)."""
-    return {
+    out = {
         "scale": "CPU tiny-scale",
         "preset": args.preset,
         "recipe": args.recipe,
@@ -97,9 +132,15 @@ def setting(args: argparse.Namespace) -> dict[str, Any]:
         "test_images": args.test_images,
         "steps": args.steps,
         "batch_size": args.batch_size,
-        "seed": args.seed,
-        "warmup": "the cpu recipe's 100 of 1,500 steps, scaled to the run length",
+        "seed": args.seed if seed is None else seed,
+        "warmup": "the recipe's 100 steps, scaled to the run length when it is shorter than the recipe's 1,500",
     }
+    if args.model_steps:
+        out["model_steps"] = dict(sorted(args.model_steps.items()))
+    if args.train_data or args.eval_data:
+        out["train_data"] = Path(args.train_data or args.data).name
+        out["eval_data"] = Path(args.eval_data or args.data).name
+    return out
 
 
 def ensure_data(args: argparse.Namespace) -> None:
@@ -113,8 +154,11 @@ def ensure_data(args: argparse.Namespace) -> None:
 
 
 def warmup_steps(recipe: Any, steps: int) -> int:
-    """The recipe's warm-up as the same fraction of a shorter run (100 of 1,500 steps -> 1/15)."""
-    return max(1, round(recipe.warmup_steps * steps / recipe.steps)) if recipe.steps else recipe.warmup_steps
+    """The recipe's warm-up, as the same fraction of a shorter run (100 of 1,500 steps -> 1/15);
+    a run at least as long as the recipe's keeps its steps, as ``rislib train --steps`` does."""
+    if not recipe.steps or steps >= recipe.steps:
+        return recipe.warmup_steps
+    return max(1, round(recipe.warmup_steps * steps / recipe.steps))
 
 
 def done(out: Path, model: str, shared: dict[str, Any]) -> bool:
@@ -124,35 +168,43 @@ def done(out: Path, model: str, shared: dict[str, Any]) -> bool:
     return all(json.loads(f.read_text()).get("setting") == shared for f in files)
 
 
-def run_row(model_name: str, overrides: dict[str, Any], args: argparse.Namespace, source: Any) -> bool:
-    """Train and score one row; ``False`` when its results already exist (skipped)."""
-    shared = setting(args)
+def run_row(
+    model_name: str, overrides: dict[str, Any], args: argparse.Namespace, train_source: Any, eval_source: Any,
+    seed: int, tests: dict[str, Any] | None = None,
+) -> bool:
+    """Train and score one row for one seed; ``False`` when its results already exist (skipped)."""
+    shared = setting(args, seed)
     name = row_name(model_name, overrides)
-    out = Path(args.out) / name
+    out = row_dir(args, name, seed)
     if not args.force and done(out, model_name, shared):
-        print(f"{name}: results exist, skipped", flush=True)
+        print(f"{name} seed {seed}: results exist, skipped", flush=True)
         return False
     recipe = get_recipe(model_name, args.recipe)
-    torch.manual_seed(args.seed)
+    steps = steps_of(args, model_name)
+    torch.manual_seed(seed)
     model = build_model(model_name, args.preset, **{**recipe.model_overrides(), "image_size": args.image_size},
                         **overrides)  # fmt: skip
-    train = RISDataset(source, "train", mode="train", image_size=args.image_size, hflip=recipe.hflip, seed=args.seed)
+    train = RISDataset(train_source, "train", mode="train", image_size=args.image_size, hflip=recipe.hflip, seed=seed)
+    if args.preload:
+        train.preload(cache_dir=Path(args.train_data or args.data) / "cache", progress=not args.no_progress)
+    runs = Path(args.runs) / (f"seed{seed}" if args.seeds else "")
     cfg = recipe.train_config(
-        out_dir=str(Path(args.runs) / name),
+        out_dir=str(runs / name),
         overwrite=True,  # a rerun moves the earlier training folder aside (run_folder.py)
-        steps=args.steps,
-        warmup_steps=warmup_steps(recipe, args.steps),
+        steps=steps,
+        warmup_steps=warmup_steps(recipe, steps),
         batch_size=args.batch_size,
-        seed=args.seed,
+        seed=seed,
         device=args.device,
         workers=0,
-        log_every=10,
+        log_every=10 if steps < 1000 else 50,
+        save_every=max(100, steps // 10),
         progress=not args.no_progress,
         tensorboard=False,
-        run_info={"dataset": "refshapes", "preset": args.preset, "ablation": overrides},
+        run_info={"dataset": "refshapes", "preset": args.preset, "ablation": overrides, "seed": seed},
     )
     size = f"{model.num_parameters() / 1e6:.2f} M parameters"
-    print(f"{name}: {size}, {args.steps} steps x {args.batch_size}", flush=True)
+    print(f"{name} seed {seed}: {size}, {steps} steps x {args.batch_size}", flush=True)
     start = time.perf_counter()
     trainer = Trainer(model, cfg, train_dataset=train)
     result = trainer.fit()
@@ -162,6 +214,8 @@ def run_row(model_name: str, overrides: dict[str, Any], args: argparse.Namespace
         "row": name,
         "model": model_name,
         "ablation": overrides,
+        "seed": seed,
+        "steps": steps,
         "setting": shared,
         "parameters": model.num_parameters(),
         "train_minutes": round(minutes, 2),
@@ -178,8 +232,8 @@ def run_row(model_name: str, overrides: dict[str, Any], args: argparse.Namespace
     out.mkdir(parents=True, exist_ok=True)
     (out / "train.json").write_text(json.dumps(record, indent=2) + "\n")
     for split in TEST_SPLITS:
-        data = RISDataset(source, split, mode="eval", image_size=args.image_size)
-        info = {"ablation": overrides, "setting": shared, "train_minutes": round(minutes, 2)}
+        data = tests[split] if tests else RISDataset(eval_source, split, mode="eval", image_size=args.image_size)
+        info = {"ablation": overrides, "setting": shared, "seed": seed, "train_minutes": round(minutes, 2)}
         res = evaluate(trainer.eval_model, data, batch_size=32, protocol="original", device=trainer.device,
                        progress=not args.no_progress, out_dir=out, run_info=info)  # fmt: skip
         print(f"  {split}: mIoU {res.metrics['mIoU']:.2f}, oIoU {res.metrics['oIoU']:.2f}", flush=True)
@@ -342,10 +396,16 @@ def write_summary(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.summarize:
+        path = write_summary(args)
+        print(f"wrote {path}")
+        return 0
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    ensure_data(args)
-    source = open_source(args.data, "refshapes")
+    if not (args.train_data and args.eval_data):
+        ensure_data(args)
+    train_source = open_source(args.train_data or args.data, "refshapes")
+    eval_source = open_source(args.eval_data or args.data, "refshapes")
     rows = [(m, dict(o)) for m, o in ABLATION_ROWS]
     if args.rows:
         known = {row_name(m, o) for m, o in rows}
@@ -354,10 +414,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown row(s) {unknown}; rows: {sorted(known)}", file=sys.stderr)
             return 2
         rows = [(m, o) for m, o in rows if row_name(m, o) in args.rows]
-    run_floor(args, source)
-    ran = sum(run_row(model_name, overrides, args, source) for model_name, overrides in rows)
+    if not args.skip_floor:
+        run_floor(args, eval_source)
+    tests = None
+    if args.preload:
+        tests = {s: RISDataset(eval_source, s, mode="eval", image_size=args.image_size) for s in TEST_SPLITS}
+        for ds in tests.values():
+            ds.preload(progress=False)
+    ran = sum(
+        run_row(model_name, overrides, args, train_source, eval_source, seed, tests)
+        for seed in seeds_of(args)  # seed-major: every row's first seed before any second seed
+        for model_name, overrides in rows
+    )
     wall = (time.perf_counter() - start) / 60
-    if not args.rows and ran == len(ABLATION_ROWS):  # the whole study ran in this invocation: record its time
+    if not args.rows and ran == len(ABLATION_ROWS) * len(seeds_of(args)):  # the whole study ran here: its time
         record = {
             "wall_minutes": round(wall, 1),
             "cpu_minutes": round(time.process_time() / 60, 1),

@@ -32,9 +32,11 @@ from rislib.tables.ablations import (
     floor_miou,
     floor_results,
     group_ablation_results,
+    results_markdown,
     row_name,
     verdicts_markdown,
 )
+from rislib.tables.figures import plot_ablations
 from rislib.tables.results import ResultFileError, read_result
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -335,9 +337,13 @@ def test_paired_bootstrap_equals_an_independent_loop():
         paired_bootstrap([1.0], [2.0], [1.0, 1.0], [2.0, 2.0])
 
 
-def _ablation_run(root: Path, model: str, overrides: dict, ious: dict[str, list[float]], kind: str = "model"):
-    """Evaluator-style JSON + CSV per split, with U = 100 and I = 100 * IoU per sentence."""
-    folder = root / ("floor" if kind == "predictor" else row_name(model, overrides))
+def _ablation_run(
+    root: Path, model: str, overrides: dict, ious: dict[str, list[float]], kind: str = "model", seed: int | None = None
+):
+    """Evaluator-style JSON + CSV per split, with U = 100 and I = 100 * IoU per sentence
+    (``seed``: the layout of ``run_ablations.py --seeds``, ``<root>/seed<k>/<row>``)."""
+    row = row_name(model, overrides) if seed is None else f"seed{seed}/{row_name(model, overrides)}"
+    folder = root / ("floor" if kind == "predictor" else row)
     folder.mkdir(parents=True, exist_ok=True)
     for split, values in ious.items():
         stem = folder / f"{model}_tiny_refshapes_{split}"
@@ -346,6 +352,8 @@ def _ablation_run(root: Path, model: str, overrides: dict, ious: dict[str, list[
         record = _result(model, "refshapes", split, metrics, preset="tiny", protocol="original", kind=kind)
         if kind == "model":
             record["ablation"] = overrides
+        if seed is not None:
+            record["seed"] = seed
         stem.with_suffix(".json").write_text(json.dumps(record))
         with open(stem.with_suffix(".csv"), "w", newline="") as f:
             w = csv.writer(f)
@@ -410,3 +418,37 @@ def test_ablation_rows_cover_every_claim_with_real_config_fields():
         config = get_config(claim.model, "tiny")
         for key, value in claim.overrides.items():
             assert getattr(config, key) is True and value is False, (claim.model, key)
+
+
+def test_a_study_with_two_seeds_averages_them_and_needs_both_to_agree(tmp_path: Path):
+    splits = ("testA", "testB", "testC")
+    good = {s: [0.6, 0.7, 0.8, 0.5] * 10 for s in splits}
+    shifted = lambda d: {s: [v - d for v in vals] for s, vals in good.items()}  # noqa: E731
+    root = tmp_path / "trained"
+    for seed, (lts_gap, maris_gap) in enumerate(((0.2, 0.1), (0.1, -0.05))):
+        _ablation_run(root, "lts", {}, good, seed=seed)
+        _ablation_run(root, "lts", {"use_position_prior": False}, shifted(lts_gap), seed=seed)  # hurts in both
+        _ablation_run(root, "maris", {}, good, seed=seed)
+        _ablation_run(root, "maris", {"use_vga": False}, shifted(maris_gap), seed=seed)  # seeds disagree
+    _ablation_run(root, "largest_object", {}, {s: [0.3] * 40 for s in splits}, kind="predictor")
+    (study,) = ablation_studies(load_results(tmp_path), n_boot=100)
+    assert study.name == "trained" and study.seeds == (0, 1)
+    assert "lts-full · seed 1" in study.grouped and len(study.floor) == 3
+    v = {x.claim.row: x for x in study.verdicts}
+    lts = v["lts-use_position_prior-false"]
+    assert lts.per_seed == pytest.approx({0: 20.0, 1: 10.0})
+    assert lts.pooled["mIoU"] == pytest.approx(15.0)  # each sentence's IoU averaged over the two seeds
+    assert lts.pooled["oIoU"] == pytest.approx(15.0)
+    assert lts.verdict == "holds" and not lts.below_floor and lts.full_mIoU == pytest.approx(65.0)
+    vga = v["maris-use_vga-false"]
+    assert vga.per_seed == pytest.approx({0: 10.0, 1: -5.0})
+    assert vga.pooled["mIoU_lo"] > 0 and vga.verdict == "inconclusive"  # the interval alone would say holds
+    assert v["maris-use_lga-false"].verdict == "missing"
+    text = verdicts_markdown(study.verdicts)
+    assert "+20.00 (seed 0), +10.00 (seed 1)" in text
+    assert "| lts-full · seed 1 |" in results_markdown(study.grouped)
+    with pytest.raises(ValueError, match="seeds"):
+        judge_claims([study.by_seed[0]], seeds=[0, 1])
+    path = tmp_path / "fig.png"
+    plot_ablations(study.grouped, study.verdicts, floor=study.floor, path=path, by_seed=study.by_seed)
+    assert path.stat().st_size > 0

@@ -19,17 +19,25 @@ same test sentences:
   component helps a trained model. (RefShapes' heuristics pick a whole annotated object, so
   they get exact object masks for free: a strict floor.)
 
-The interval covers the sampling of test sentences only: with one training seed per row it
-says nothing about run-to-run variation, which at a tiny CPU budget can be larger than the
-effect. This rule and the reading of each claim are this project's interpretation.
+With several training seeds per row (a study whose runs record ``seed`` in their info, as
+``benchmarks/run_ablations.py --seeds 0 1`` writes them, one ``seed<k>/`` folder each), each
+sentence's IoU is first averaged over the seeds, the bootstrap runs on those averages, and a
+direction **holds** (or is **reversed**) only when the interval excludes 0 *and* every seed's
+own pooled delta has the same sign; otherwise it is inconclusive.
+
+With one seed the interval covers the sampling of test sentences only and says nothing about
+run-to-run variation, which at a tiny CPU budget can be larger than the effect; the seed rule
+above is the project's answer to that. This rule and the reading of each claim are this
+project's interpretation.
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +60,8 @@ __all__ = [
     "read_per_sample",
     "row_name",
     "group_ablation_results",
+    "group_ablation_results_by_seed",
+    "seed_rows",
     "judge_claims",
     "verdicts_markdown",
     "results_markdown",
@@ -173,7 +183,9 @@ def paired_bootstrap(
     """Bootstrap interval of ``A - B`` for mIoU and oIoU on the same samples (in points).
 
     Args:
-        i_a, u_a: per-sample intersection and union of system A (aligned with B's).
+        i_a, u_a: per-sample intersection and union of system A (aligned with B's): ``[N]``, or
+            ``[S, N]`` for S training seeds (each sample's IoU is averaged over the seeds and its
+            I and U summed over them before the samples are resampled).
         i_b, u_b: the same for system B.
         n_boot: resamples (samples drawn with replacement, the same draw for A and B).
         confidence: central interval mass.
@@ -183,13 +195,16 @@ def paired_bootstrap(
         ``{"mIoU": d, "mIoU_lo": ..., "mIoU_hi": ..., "oIoU": d, "oIoU_lo": ..., "oIoU_hi": ..., "n": N}``
         where ``d`` is the delta on the full sample set.
     """
-    arrays = [np.asarray(x, dtype=float) for x in (i_a, u_a, i_b, u_b)]
-    n = len(arrays[0])
-    if n == 0 or any(len(x) != n for x in arrays):
-        lengths = [len(x) for x in arrays]
-        raise ValueError(f"paired_bootstrap: expected four non-empty arrays of one length, got lengths {lengths}")
-    ia, ua, ib, ub = arrays
-    iou_diff = _iou(ia, ua) - _iou(ib, ub)  # [N]
+    arrays = [np.atleast_2d(np.asarray(x, dtype=float)) for x in (i_a, u_a, i_b, u_b)]  # [S, N] each
+    shape = arrays[0].shape
+    if arrays[0].size == 0 or any(x.shape != shape for x in arrays) or arrays[0].ndim != 2:
+        shapes = [x.shape for x in arrays]
+        raise ValueError(
+            f"paired_bootstrap: expected four non-empty arrays of one length and shape ([N] or [S, N]), got {shapes}"
+        )
+    n = shape[1]
+    iou_diff = (_iou(arrays[0], arrays[1]) - _iou(arrays[2], arrays[3])).mean(axis=0)  # [N], seed-averaged
+    ia, ua, ib, ub = (x.sum(axis=0) for x in arrays)  # [N]: I and U summed over the seeds
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))  # [n_boot, N]
     m = iou_diff[idx].mean(axis=1) * 100
@@ -226,6 +241,38 @@ def group_ablation_results(
     return out
 
 
+def _seed_of(r: ReproducedResult) -> int:
+    seed = r.info.get("seed")
+    if seed is None:
+        seed = (r.info.get("setting") or {}).get("seed", 0) if isinstance(r.info.get("setting"), Mapping) else 0
+    return int(seed)
+
+
+def group_ablation_results_by_seed(
+    results: Iterable[ReproducedResult] | str | os.PathLike,
+    *,
+    dataset: str = "refshapes",
+) -> dict[int, dict[str, dict[str, ReproducedResult]]]:
+    """Like :func:`group_ablation_results`, one grouping per training seed: ``{seed: {row: {split: result}}}``
+    (the seed read from the result's ``seed`` field, else its ``setting``'s, else 0)."""
+    if isinstance(results, str | os.PathLike):
+        results = load_results(results)
+    by_seed: dict[int, list[ReproducedResult]] = {}
+    for r in results:
+        by_seed.setdefault(_seed_of(r), []).append(r)
+    return {k: group_ablation_results(v, dataset=dataset) for k, v in sorted(by_seed.items())}
+
+
+def seed_rows(
+    by_seed: Mapping[int, Mapping[str, Mapping[str, ReproducedResult]]],
+) -> dict[str, Mapping[str, ReproducedResult]]:
+    """Every run of every seed as one grouping (rows named ``"<row> · seed <k>"`` when there are
+    several seeds), for :func:`results_markdown`."""
+    if len(by_seed) <= 1:
+        return {name: v for g in by_seed.values() for name, v in g.items()}
+    return {f"{name} · seed {k}": v for k, g in by_seed.items() for name, v in g.items()}
+
+
 @dataclass(frozen=True)
 class ClaimVerdict:
     """The outcome of one claim on RefShapes.
@@ -236,8 +283,9 @@ class ClaimVerdict:
             absent); :attr:`label` adds the floor qualification.
         pooled: :func:`paired_bootstrap` of full vs ablated over the pooled test splits.
         per_split: split -> ``{"mIoU": delta, "oIoU": delta, "full_mIoU": ..., "ablated_mIoU": ...}``.
-        full_mIoU: the full model's mIoU over the pooled test sentences.
+        full_mIoU: the full model's mIoU over the pooled test sentences (mean over seeds).
         floor_mIoU: the best heuristic's pooled mIoU (``None`` when no floor was given).
+        per_seed: training seed -> pooled mIoU delta of that seed alone (one entry per seed).
     """
 
     claim: AblationClaim
@@ -246,6 +294,7 @@ class ClaimVerdict:
     per_split: Mapping[str, Mapping[str, float]]
     full_mIoU: float | None = None
     floor_mIoU: float | None = None
+    per_seed: Mapping[int, float] = field(default_factory=dict)
 
     @property
     def below_floor(self) -> bool:
@@ -277,12 +326,19 @@ def floor_results(results: Iterable[ReproducedResult]) -> list[ReproducedResult]
     """The heuristics scored beside the ablation runs: predictor results in the ``floor`` folder
     next to the ablation rows' folders (``<out>/floor/`` of ``benchmarks/run_ablations.py``)."""
     results = list(results)
-    roots = {r.path.parent.parent for r in results if "ablation" in r.info and r.path is not None}
+    roots = {study_root(r.path) for r in results if "ablation" in r.info and r.path is not None}
     return [
         r for r in results
         if r.path is not None and r.path.parent.name == "floor" and r.path.parent.parent in roots
         and r.info.get("kind") == "predictor"
     ]  # fmt: skip
+
+
+def study_root(path: Path) -> Path:
+    """The study folder of a result file: ``<out>`` for ``<out>/<row>/x.json`` and for
+    ``<out>/seed<k>/<row>/x.json`` (a study with several training seeds)."""
+    root = path.parent.parent
+    return root.parent if re.fullmatch(r"seed\d+", root.name) else root
 
 
 def floor_miou(results: Iterable[ReproducedResult], splits: Sequence[str] = TEST_SPLITS) -> float | None:
@@ -296,56 +352,82 @@ def floor_miou(results: Iterable[ReproducedResult], splits: Sequence[str] = TEST
 
 
 def judge_claims(
-    grouped: Mapping[str, Mapping[str, ReproducedResult]],
+    grouped: Mapping[str, Mapping[str, ReproducedResult]] | Sequence[Mapping[str, Mapping[str, ReproducedResult]]],
     *,
     claims: Sequence[AblationClaim] = ABLATION_CLAIMS,
     splits: Sequence[str] = TEST_SPLITS,
     floor: float | None = None,
     n_boot: int = 2000,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
 ) -> list[ClaimVerdict]:
     """A :class:`ClaimVerdict` per claim from the grouped results (see the module docstring).
 
-    ``floor`` is the best heuristic's pooled mIoU (:func:`floor_miou`); ``None`` skips that test.
+    ``grouped`` is one study's :func:`group_ablation_results`, or a sequence of them, one per
+    training seed (``list(group_ablation_results_by_seed(...).values())``; ``seeds`` names them).
+    A claim is judged on the seeds where both its full and its ablated run exist. ``floor`` is
+    the best heuristic's pooled mIoU (:func:`floor_miou`); ``None`` skips that test. ``seed`` is
+    the bootstrap's resampling seed.
     """
+    groups = [grouped] if isinstance(grouped, Mapping) else list(grouped)
+    names = list(seeds) if seeds is not None else list(range(len(groups)))
+    if len(names) != len(groups):
+        raise ValueError(f"judge_claims: {len(groups)} groupings but seeds {names}")
     verdicts = []
     for claim in claims:
-        full, ablated = grouped.get(row_name(claim.model, {})), grouped.get(claim.row)
-        usable = [s for s in splits if full and ablated and s in full and s in ablated]
+        pairs = [(k, g[row_name(claim.model, {})], g[claim.row]) for k, g in zip(names, groups)
+                 if row_name(claim.model, {}) in g and claim.row in g]  # fmt: skip
+        usable = [s for s in splits if pairs and all(s in f and s in a for _, f, a in pairs)]
         if not usable:
             verdicts.append(ClaimVerdict(claim, "missing", {}, {}))
             continue
-        cols: list[list[float]] = [[], [], [], []]
-        per_split = {}
+        cols: list[list[list[float]]] = [[], [], [], []]  # [4][S][N]
+        per_split: dict[str, dict[str, float]] = {}
+        per_seed: dict[int, float] = {}
+        keys: list[tuple[str, tuple[str, str]]] | None = None
+        for k, full, ablated in pairs:
+            seed_cols: list[list[float]] = [[], [], [], []]
+            seed_keys = []
+            for s in usable:
+                f, a = full[s], ablated[s]
+                if f.csv_path is None or a.csv_path is None:
+                    raise FileNotFoundError(f"judge_claims: per-sample CSV missing beside {f.path} or {a.path}")
+                fs, as_ = read_per_sample(f.csv_path), read_per_sample(a.csv_path)
+                if set(fs) != set(as_):
+                    raise ValueError(f"judge_claims: {f.csv_path} and {a.csv_path} score different samples")
+                for key in sorted(fs):
+                    seed_keys.append((s, key))
+                    for c, v in enumerate((*fs[key], *as_[key])):
+                        seed_cols[c].append(v)
+            if keys is None:
+                keys = seed_keys
+            elif seed_keys != keys:
+                raise ValueError(
+                    f"judge_claims: seed {k} of {claim.row} scores other test sentences than seed {names[0]}"
+                )
+            for c in range(4):
+                cols[c].append(seed_cols[c])
+            per_seed[k] = paired_bootstrap(*seed_cols, n_boot=1)["mIoU"]
         for s in usable:
-            f, a = full[s], ablated[s]
-            per_split[s] = {
-                "full_mIoU": f.value("mIoU") or 0.0,
-                "ablated_mIoU": a.value("mIoU") or 0.0,
-                "mIoU": (f.value("mIoU") or 0.0) - (a.value("mIoU") or 0.0),
-                "full_oIoU": f.value("oIoU") or 0.0,
-                "ablated_oIoU": a.value("oIoU") or 0.0,
-                "oIoU": (f.value("oIoU") or 0.0) - (a.value("oIoU") or 0.0),
-            }
-            if f.csv_path is None or a.csv_path is None:
-                raise FileNotFoundError(f"judge_claims: per-sample CSV missing beside {f.path} or {a.path}")
-            fs, as_ = read_per_sample(f.csv_path), read_per_sample(a.csv_path)
-            if set(fs) != set(as_):
-                raise ValueError(f"judge_claims: {f.csv_path} and {a.csv_path} score different samples")
-            for key in sorted(fs):
-                cols[0].append(fs[key][0])
-                cols[1].append(fs[key][1])
-                cols[2].append(as_[key][0])
-                cols[3].append(as_[key][1])
+            vals = {
+                name: float(np.mean([(r[s].value(metric) or 0.0) for r in runs]))
+                for name, runs, metric in (
+                    ("full_mIoU", [f for _, f, _ in pairs], "mIoU"), ("ablated_mIoU", [a for _, _, a in pairs], "mIoU"),
+                    ("full_oIoU", [f for _, f, _ in pairs], "oIoU"), ("ablated_oIoU", [a for _, _, a in pairs], "oIoU"),
+                )
+            }  # fmt: skip
+            per_split[s] = {**vals, "mIoU": vals["full_mIoU"] - vals["ablated_mIoU"],
+                            "oIoU": vals["full_oIoU"] - vals["ablated_oIoU"]}  # fmt: skip
         pooled = paired_bootstrap(*cols, n_boot=n_boot, seed=seed)
-        full_miou = pooled_miou(full, usable)  # type: ignore[arg-type]
-        if pooled["mIoU_lo"] > 0:
+        fulls = [pooled_miou(f, usable) for _, f, _ in pairs]
+        full_miou = None if any(v is None for v in fulls) else float(np.mean(fulls))  # type: ignore[arg-type]
+        if pooled["mIoU_lo"] > 0 and all(d > 0 for d in per_seed.values()):
             verdict = "holds"
-        elif pooled["mIoU_hi"] < 0:
+        elif pooled["mIoU_hi"] < 0 and all(d < 0 for d in per_seed.values()):
             verdict = "reversed"
         else:
             verdict = "inconclusive"
-        verdicts.append(ClaimVerdict(claim, verdict, pooled, per_split, full_miou, floor))
+        verdicts.append(ClaimVerdict(claim, verdict, pooled, per_split, full_miou, floor, per_seed))
     return verdicts
 
 
@@ -361,7 +443,11 @@ def results_markdown(
 ) -> str:
     """One row per run: mIoU and oIoU on each split (ablation rows in :data:`ABLATION_ROWS` order)."""
     order = [row_name(m, o) for m, o in ABLATION_ROWS]
-    names = sorted(grouped, key=lambda n: (order.index(n) if n in order else len(order), n))
+    def key(name: str) -> tuple[int, str]:
+        row, _, seed = name.partition(" · ")
+        return (order.index(row) if row in order else len(order), seed, name)
+
+    names = sorted(grouped, key=key)
     head = "| run | ablation | " + " | ".join(f"{s} mIoU | {s} oIoU" for s in splits) + " |"
     lines = [head, "|" + "---|" * (2 + 2 * len(splits))]
     for name in names:
@@ -377,12 +463,15 @@ def results_markdown(
 
 def verdicts_markdown(verdicts: Sequence[ClaimVerdict], *, splits: Sequence[str] = TEST_SPLITS) -> str:
     """The claims table: per-split deltas, the pooled delta with its interval, the verdict."""
+    seeded = any(len(v.per_seed) > 1 for v in verdicts)
     head = (
         "| paper claim (component removed) | switch | "
         + " | ".join(f"Δ mIoU {s}" for s in splits)
-        + " | Δ mIoU pooled [95% CI] | Δ oIoU pooled [95% CI] | full mIoU (floor) | direction | source |"
+        + " | Δ mIoU pooled [95% CI] | "
+        + ("Δ mIoU per seed | " if seeded else "")
+        + "Δ oIoU pooled [95% CI] | full mIoU (floor) | direction | source |"
     )
-    lines = [head, "|" + "---|" * (7 + len(splits))]
+    lines = [head, "|" + "---|" * (7 + len(splits) + seeded)]
     for v in verdicts:
         c = v.claim
         switch = ", ".join(f"`{k}={val}`" for k, val in c.overrides.items())
@@ -395,8 +484,9 @@ def verdicts_markdown(verdicts: Sequence[ClaimVerdict], *, splits: Sequence[str]
             pooled_m = pooled_o = "–"
         level = _f(v.full_mIoU) + (f" ({v.floor_mIoU:.2f})" if v.floor_mIoU is not None else "")
         lines.append(
-            f"| {c.model}: {c.component} | {switch} | " + " | ".join(per)
-            + f" | {pooled_m} | {pooled_o} | {level} | **{v.label}** | {c.source} |"
+            f"| {c.model}: {c.component} | {switch} | " + " | ".join(per) + f" | {pooled_m} | "
+            + (", ".join(f"{d:+.2f} (seed {k})" for k, d in v.per_seed.items()) + " | " if seeded else "")
+            + f"{pooled_o} | {level} | **{v.label}** | {c.source} |"
         )  # fmt: skip
     return "\n".join(lines)
 
@@ -408,9 +498,11 @@ class AblationStudy:
     Attributes:
         name: the folder's name (``ablations`` for ``benchmarks/results/ablations``).
         root: the folder.
-        grouped: :func:`group_ablation_results` of its runs.
+        grouped: :func:`group_ablation_results` of its runs (with several seeds: every run, as
+            :func:`seed_rows` names them).
         floor: :func:`floor_results` (the heuristics in ``<root>/floor``).
         verdicts: :func:`judge_claims` (empty when per-sample files are missing).
+        by_seed: :func:`group_ablation_results_by_seed` of its runs.
     """
 
     name: str
@@ -418,6 +510,12 @@ class AblationStudy:
     grouped: Mapping[str, Mapping[str, ReproducedResult]]
     floor: Sequence[ReproducedResult]
     verdicts: Sequence[ClaimVerdict]
+    by_seed: Mapping[int, Mapping[str, Mapping[str, ReproducedResult]]] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The training seeds of the study's runs."""
+        return tuple(self.by_seed) or (0,)
 
 
 def ablation_studies(
@@ -426,15 +524,16 @@ def ablation_studies(
     """Ablation runs split by study: a study is the folder that holds the runs' folders
     (``<out>`` of ``benchmarks/run_ablations.py``), so a CPU and a GPU study never mix."""
     results = [r for r in results if r.path is not None]
-    roots = sorted({r.path.parent.parent for r in results if "ablation" in r.info and r.dataset == dataset})
+    roots = sorted({study_root(r.path) for r in results if "ablation" in r.info and r.dataset == dataset})
     studies = []
     for root in roots:
-        mine = [r for r in results if r.path.parent.parent == root]
-        grouped = group_ablation_results(mine, dataset=dataset)
+        mine = [r for r in results if study_root(r.path) == root or r.path.parent.parent == root]
+        by_seed = group_ablation_results_by_seed([r for r in mine if "ablation" in r.info], dataset=dataset)
+        grouped = seed_rows(by_seed)
         floor = floor_results(mine)
         try:
-            verdicts = judge_claims(grouped, floor=floor_miou(floor), n_boot=n_boot)
+            verdicts = judge_claims(list(by_seed.values()), seeds=list(by_seed), floor=floor_miou(floor), n_boot=n_boot)
         except (FileNotFoundError, ValueError):
             verdicts = []  # per-sample files absent: the runs are shown without the bootstrap
-        studies.append(AblationStudy(root.name, root, grouped, floor, verdicts))
+        studies.append(AblationStudy(root.name, root, grouped, floor, verdicts, by_seed))
     return studies

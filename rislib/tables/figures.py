@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .ablations import (
     ABLATION_ROWS,
     TEST_SPLITS,
@@ -173,9 +175,25 @@ def plot_ablations(
     floor: Sequence[ReproducedResult] = (),
     splits: Sequence[str] = TEST_SPLITS,
     path: str | os.PathLike | None = None,
+    by_seed: Mapping[int, Mapping[str, Mapping[str, ReproducedResult]]] | None = None,
 ):
-    """mIoU of every ablation run per test split, one panel per method, the heuristic floor dashed."""
+    """mIoU of every ablation run per test split, one panel per method, the heuristic floor dashed.
+
+    With ``by_seed`` (several training seeds, :func:`~rislib.tables.ablations.group_ablation_results_by_seed`)
+    a bar is the mean over the seeds and a black dot marks each seed's run.
+    """
     plt = _plt()
+    seeds = dict(by_seed or {})
+    if len(seeds) > 1:
+        rows = sorted({n for g in seeds.values() for n in g})
+        grouped = {n: next(g[n] for g in seeds.values() if n in g) for n in rows}
+
+    def values(n: str, s: str) -> list[float]:
+        if len(seeds) > 1:
+            return [g[n][s].value("mIoU") or 0.0 for g in seeds.values() if n in g and s in g[n]]
+        r = grouped[n].get(s)
+        return [r.value("mIoU") or 0.0] if r else []
+
     by_model: dict[str, list[str]] = {}
     for name in grouped:
         by_model.setdefault(name.split("-", 1)[0], []).append(name)
@@ -192,9 +210,12 @@ def plot_ablations(
         names = sorted(by_model[model], key=lambda n: (order.index(n) if n in order else len(order), n))
         width = 0.8 / len(splits)
         for k, s in enumerate(splits):
-            vals = [grouped[n].get(s).value("mIoU") if grouped[n].get(s) else 0.0 for n in names]
-            ax.bar([i + (k - (len(splits) - 1) / 2) * width for i in range(len(names))], vals, width=width,
-                   color=shades[k % len(shades)], label=s)  # fmt: skip
+            xs = [i + (k - (len(splits) - 1) / 2) * width for i in range(len(names))]
+            vals = [float(np.mean(values(n, s))) if values(n, s) else 0.0 for n in names]
+            ax.bar(xs, vals, width=width, color=shades[k % len(shades)], label=s)
+            if len(seeds) > 1:
+                for x, n in zip(xs, names):
+                    ax.scatter([x] * len(values(n, s)), values(n, s), s=6, color="black", zorder=3)
             if best_floor.get(s) is not None:
                 ax.axhline(best_floor[s], color=shades[k % len(shades)], linestyle="--", linewidth=0.8)
         ticks = [_short_row(n) + (f"\n({verdict_of[n]})" if n in verdict_of else "") for n in names]
@@ -207,7 +228,10 @@ def plot_ablations(
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, frameon=False, loc="upper right", ncol=len(splits),
                title="test split (dashed line: best expression-blind heuristic)", title_fontsize=7)  # fmt: skip
-    fig.suptitle("RefShapes ablations, CPU tiny-scale runs (one seed)", fontsize=10, x=0.02, ha="left")
+    n_seeds = max(1, len(seeds))
+    title = f"RefShapes ablations ({n_seeds} training seed{'s' if n_seeds > 1 else ''}"
+    title += "; bars: mean, dots: each seed)" if n_seeds > 1 else ")"
+    fig.suptitle(title, fontsize=10, x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     return _save(fig, path)
 
@@ -240,7 +264,7 @@ def render_figures(
         written.append(out / "09_claimed_vs_reproduced.png")
     for study in ablation_studies(reproduced) if studies is None else studies:
         path = out / f"09_refshapes_{study.name}.png"
-        fig = plot_ablations(study.grouped, study.verdicts, floor=study.floor, path=path)
+        fig = plot_ablations(study.grouped, study.verdicts, floor=study.floor, path=path, by_seed=study.by_seed)
         plt.close(fig)
         written.append(path)
     return written
