@@ -52,10 +52,11 @@ from rislib.tables.ablations import (
     TEST_SPLITS,
     floor_miou,
     floor_results,
-    group_ablation_results,
+    group_ablation_results_by_seed,
     judge_claims,
     results_markdown,
     row_name,
+    seed_rows,
     verdicts_markdown,
 )
 from rislib.tables.render import plot_ablations
@@ -305,6 +306,40 @@ def scale_paragraph(
     return text
 
 
+def seeded_scale_paragraph(
+    args: argparse.Namespace, records: dict[str, dict[str, Any]], minutes: float, eval_minutes: float
+) -> str:
+    """The setting of a study with several training seeds (``--seeds``), from its records."""
+    recipe = get_recipe("lts", args.recipe)
+    steps = sorted({(r["model"], r.get("steps")) for r in records.values()})
+    ends = [f for f, _ in recipe.size_schedule[1:]] + [1.0]
+    schedule = ", then ".join(
+        f"{side} px for {'the first' if k == 0 else 'the last' if end == 1.0 else 'the next'} "
+        f"{round(100 * (end - start))}% of the steps"
+        for k, ((start, side), end) in enumerate(zip(recipe.size_schedule, ends))
+    )
+    devices = sorted({str(r.get("device")) for r in records.values()})
+    return (
+        f"**Scale.** Every row trains the `{args.preset}` preset with the `{recipe.name}` recipe as the shipped "
+        f"models were trained (AdamW, lr {recipe.lr:g}, weight decay {recipe.weight_decay:g}, {recipe.schedule} "
+        f"decay after {recipe.warmup_steps} warm-up steps, gradient clipping {recipe.grad_clip:g}, horizontal "
+        f"flips, batch {args.batch_size}; {schedule or f'{args.image_size} px'}) for "
+        + ", ".join(f"{n:,} steps ({m})" for m, n in steps)
+        + f" on the {Path(args.train_data or args.data).name} training split, once per training seed "
+        f"({', '.join(str(k) for k in seeds_of(args))}), and is scored on the test splits of "
+        f"{Path(args.eval_data or args.data).name} with the original-resolution protocol. Ran on "
+        f"{', '.join(devices)}, two rows side by side on two CPU cores: {len(records)} trainings took "
+        f"{minutes:.0f} minutes and their evaluations {eval_minutes:.0f} minutes in all. Rows not listed under "
+        "'Every run' were not trained at this budget (see the notes). To reproduce: render the data with "
+        "`python -m rislib data refshapes --out data/refshapes128 --size 128` and `python -m rislib data "
+        "refshapes --out data/refshapes256eval --size 256 --train 0`, then run `python benchmarks/run_ablations.py "
+        "--train-data data/refshapes128 --eval-data data/refshapes256eval --image-size "
+        f"{args.image_size} --batch-size {args.batch_size} --seeds {' '.join(str(k) for k in seeds_of(args))} "
+        f"--model-steps {' '.join(f'{m}={n}' for m, n in steps)} --preload --rows ROW ... --out {args.out}` "
+        "(one process per core; `--skip-floor` in all but one)."
+    )
+
+
 def notes(verdicts: list[Any]) -> list[str]:
     """Plain-language remarks the numbers call for (a degenerate run, the floor)."""
     out = []
@@ -313,6 +348,20 @@ def notes(verdicts: list[Any]) -> list[str]:
         out.append(
             f"- No full model beats the best expression-blind heuristic (pooled mIoU {below[0].floor_mIoU:.2f}) at "
             "this budget: every direction above is that of an undertrained model."
+        )
+    for v in verdicts:
+        if v.verdict != "missing" and v.full_mIoU is not None and v.floor_mIoU:
+            multiple = v.full_mIoU / v.floor_mIoU
+            out.append(
+                f"- {v.claim.model}: the full model scores {v.full_mIoU:.1f} pooled mIoU, {multiple:.1f}x the best "
+                f"expression-blind heuristic ({v.floor_mIoU:.1f})"
+                + ("." if multiple >= 2 else ": under twice the floor, so the model is still weak at this budget.")
+            )
+    missing = [v.claim.row for v in verdicts if v.verdict == "missing"]
+    if missing and len(missing) < len(verdicts):
+        out.append(
+            f"- Not run at this budget: {', '.join(f'`{m}`' for m in missing)} (each row costs about 25 CPU minutes "
+            "per seed; `--rows` adds them to this folder)."
         )
     for v in verdicts:
         if v.verdict != "missing" and v.full_mIoU is not None and v.full_mIoU == 0.0:
@@ -327,11 +376,13 @@ def write_summary(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
     results = load_results(out)
-    grouped = group_ablation_results(results)
+    by_seed = group_ablation_results_by_seed(results)
+    grouped = seed_rows(by_seed)
     floor = floor_results(results)
-    verdicts = judge_claims(grouped, floor=floor_miou(floor))
+    verdicts = judge_claims(list(by_seed.values()), seeds=list(by_seed), floor=floor_miou(floor))
     shared = setting(args)
-    train_records = {p.parent.name: json.loads(p.read_text()) for p in sorted(out.glob("*/train.json"))}
+    records = sorted([*out.glob("*/train.json"), *out.glob("seed*/*/train.json")])
+    train_records = {str(p.parent.relative_to(out)): json.loads(p.read_text()) for p in records}
     minutes = sum(r["train_minutes"] for r in train_records.values())
     eval_minutes = sum(float(r.info.get("seconds") or 0.0) for r in results) / 60
     devices = sorted({str(r.get("device")) for r in train_records.values()})
@@ -340,11 +391,14 @@ def write_summary(args: argparse.Namespace) -> Path:
     for v in verdicts:
         counts[v.label] += 1
     lines = [
-        "# RefShapes ablations" + (" (CPU tiny-scale runs)" if cpu_scale else f" ({shared['preset']} preset)"),
+        "# RefShapes ablations"
+        + (f" (trained {shared['preset']} models, {len(by_seed)} training seeds)" if args.seeds and len(by_seed) > 1
+           else " (CPU tiny-scale runs)" if cpu_scale else f" ({shared['preset']} preset)"),
         "",
         "Written by `python benchmarks/run_ablations.py`; read by `python -m rislib tables` and notebook 09.",
         "",
-        scale_paragraph(shared, devices, minutes, eval_minutes, run),
+        (seeded_scale_paragraph(args, train_records, minutes, eval_minutes) if args.seeds
+         else scale_paragraph(shared, devices, minutes, eval_minutes, run)),
         "",
         '**How a claim is judged.** The papers\' ablation tables could not be read (the "Published results" '
         "sections of docs/methods/), so the claim is the direction their abstracts state: the full model "
@@ -353,7 +407,9 @@ def write_summary(args: argparse.Namespace) -> Path:
         "is a paired bootstrap over the pooled test sentences (2,000 resamples): **holds** when it lies above "
         "0, **reversed** when below 0, otherwise **inconclusive**. The interval covers the choice of test "
         "sentences only, not training noise: with one seed a 'holds' or 'reversed' can still flip on another "
-        "seed. **below floor** marks a claim whose full model does not beat the best expression-blind "
+        "seed; with several seeds each sentence's IoU is averaged over the seeds before resampling, and a "
+        "direction holds (or is reversed) only when, besides the interval, every seed's own Δ has its sign. "
+        "**below floor** marks a claim whose full model does not beat the best expression-blind "
         "heuristic on the same sentences (the heuristics pick a whole annotated object, so they get exact "
         "masks for free): such a model has not yet learned to use the expression, and its ablation says "
         "little about a trained model.",
@@ -390,7 +446,7 @@ def write_summary(args: argparse.Namespace) -> Path:
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     figure = args.figure or ROOT / "figures" / f"09_refshapes_{out.resolve().name}.png"
-    plot_ablations(grouped, verdicts, path=figure, floor=floor)
+    plot_ablations(grouped, verdicts, path=figure, floor=floor, by_seed=by_seed)
     return path
 
 
