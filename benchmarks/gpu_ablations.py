@@ -4,7 +4,8 @@ Every row of :data:`rislib.tables.ablations.ABLATION_ROWS` (each method's full m
 row per paper claim) trains the ``tiny`` preset from scratch, for two seeds, and is scored on
 testA, testB and testC with the original-resolution protocol; the per-sentence files go where
 ``benchmarks/run_ablations.py`` puts them, one folder per seed, so that the claims are judged
-with the same paired bootstrap (``python benchmarks/run_ablations.py --summarize ...``).
+with the same seed-averaged paired bootstrap (``python benchmarks/run_ablations.py --summarize
+--seeds 0 1 --out DIR`` writes ``DIR/summary.md``; ``python -m rislib tables`` reads the folder).
 
 On a GPU machine with many cores (the lent H200 has 16) the rows run side by side, one process
 per row, all on the one GPU:
