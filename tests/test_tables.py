@@ -452,3 +452,15 @@ def test_a_study_with_two_seeds_averages_them_and_needs_both_to_agree(tmp_path: 
     path = tmp_path / "fig.png"
     plot_ablations(study.grouped, study.verdicts, floor=study.floor, path=path, by_seed=study.by_seed)
     assert path.stat().st_size > 0
+    # a second study beside it keeps its own floor, in the tables as in the verdicts
+    smoke = tmp_path / "smoke"
+    _ablation_run(smoke, "lts", {}, good)
+    _ablation_run(smoke, "lts", {"use_position_prior": False}, shifted(0.1))
+    _ablation_run(smoke, "largest_object", {}, {s: [0.2] * 40 for s in splits}, kind="predictor")
+    studies = {x.name: x for x in ablation_studies(load_results(tmp_path), n_boot=100)}
+    assert [r.value("mIoU") for r in studies["smoke"].floor] == pytest.approx([20.0] * 3)
+    text = render_markdown(load_results(tmp_path), studies=list(studies.values()))
+    assert "| `smoke/floor` | 20.00 |" in text and "| `trained/floor` | 30.00 |" in text
+    trained_part = text.split("### Ablation study `trained`")[1]
+    assert "**missing**" not in trained_part  # claims not run are named once, not tabled
+    assert "Not trained in this study: `maris-use_lga-false`" in trained_part

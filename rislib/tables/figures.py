@@ -202,7 +202,7 @@ def plot_ablations(
     )
     verdict_of = {v.claim.row: v.label.replace(", ", ",\n") for v in verdicts}
     best_floor = {s: max((r.value("mIoU") or 0.0 for r in floor if r.split == s), default=None) for s in splits}
-    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(3.2 * max(1, len(models)), 3.4), sharey=True,
+    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(max(5.5, 3.2 * len(models)), 3.9), sharey=True,
                              squeeze=False)  # fmt: skip
     shades = ["#0072B2", "#E69F00", "#009E73"]
     order = [row_name(m, o) for m, o in ABLATION_ROWS]
@@ -226,13 +226,13 @@ def plot_ablations(
                     transform=ax.transAxes, fontsize=8, color="#555555")  # fmt: skip
     axes[0][0].set_ylabel("mIoU (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, frameon=False, loc="upper right", ncol=len(splits),
+    fig.legend(handles, labels, fontsize=7, frameon=False, loc="lower center", ncol=len(splits),
                title="test split (dashed line: best expression-blind heuristic)", title_fontsize=7)  # fmt: skip
     n_seeds = max(1, len(seeds))
     title = f"RefShapes ablations ({n_seeds} training seed{'s' if n_seeds > 1 else ''}"
     title += "; bars: mean, dots: each seed)" if n_seeds > 1 else ")"
     fig.suptitle(title, fontsize=10, x=0.02, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0.12, 1, 0.94))
     return _save(fig, path)
 
 

@@ -246,7 +246,8 @@ def refshapes_table(reproduced: Sequence[ReproducedResult], *, ablations: bool =
     splits = [s for s in ("val", "testA", "testB", "testC") if any(r.split == s for r in synth)]
     runs: dict[tuple[str, str], dict[str, ReproducedResult]] = {}
     for r in synth:
-        folder = r.path.parent.name if r.path is not None else ""
+        # two levels (``ablations/floor``): each study has its own floor folder, and they must not merge
+        folder = "/".join(r.path.parent.parts[-2:]) if r.path is not None else ""
         runs.setdefault((f"{r.dataset}: {r.label}", folder), {})[r.split] = r
     lines = [
         "| run | folder | " + " | ".join(f"{s} mIoU | {s} oIoU" for s in splits) + " |",
@@ -350,8 +351,12 @@ def render_markdown(
             "",
             results_markdown(study.grouped),
         ]  # fmt: skip
-        if study.verdicts:
-            parts += ["", verdicts_markdown(study.verdicts)]
+        run = [v for v in study.verdicts if v.verdict != "missing"]  # claims whose rows were not trained
+        if run:
+            parts += ["", verdicts_markdown(run)]
+            not_run = [v.claim.row for v in study.verdicts if v.verdict == "missing"]
+            if not_run:
+                parts += ["", "Not trained in this study: " + ", ".join(f"`{m}`" for m in not_run) + "."]
     if figures:
         parts += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(parts) + "\n"
