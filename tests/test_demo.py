@@ -20,8 +20,9 @@ def test_demo_runs_end_to_end_and_evaluates_a_shipped_checkpoint(tmp_path, capsy
     args = parser.parse_args([
         "--data", str(tmp_path / "data"), "--size", "64", "--counts", "train=12,val=3,testA=3,testB=3,testC=3",
         "--out", str(tmp_path / "runs"), "--figures", str(tmp_path / "figures"), "--steps", "3",
-        "--checkpoints", str(shipped), "--eval-limit", "4", "--no-progress",
+        "--checkpoints", str(shipped), "--eval-limit", "4", "--no-progress", "--model", "xattn",
     ])  # fmt: skip
+    assert parser.parse_args([]).model == "lts"  # the default, chosen in benchmarks/results/cpu_regime/
     assert demo.main(args) == 0
     out = capsys.readouterr().out
     for split in ("val", "testA", "testB", "testC"):
@@ -82,3 +83,21 @@ def test_estimate_steps_fits_the_budget_between_bounds():
     sized = dict(batch_size=4, max_steps=500, size_schedule=((0.0, 32), (0.6, 64)))
     assert demo.estimate_steps(model, items, minutes=1e-6, **sized) == 20
     assert demo.estimate_steps(model, items, minutes=1e6, **sized) == 500
+
+
+def test_demo_probe_parses_its_schedule_and_names_a_missing_data_root(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_probe.py"
+    spec = importlib.util.spec_from_file_location("demo_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.parse_schedule("0:64,0.6:128") == ((0.0, 64), (0.6, 128))
+    with pytest.raises(argparse.ArgumentTypeError, match="FRACTION:SIDE"):
+        probe.parse_schedule("64")
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(["--name", "x", "--data", str(tmp_path / "missing")])
+    assert exit_info.value.code == 2 and "missing: no RefShapes here" in capsys.readouterr().err
