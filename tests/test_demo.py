@@ -101,3 +101,29 @@ def test_demo_probe_parses_its_schedule_and_names_a_missing_data_root(tmp_path, 
     with pytest.raises(SystemExit) as exit_info:
         probe.main(["--name", "x", "--data", str(tmp_path / "missing")])
     assert exit_info.value.code == 2 and "missing: no RefShapes here" in capsys.readouterr().err
+
+
+def test_spatial_failures_classifies_a_prediction_by_the_object_it_covers():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "spatial_failures.py"
+    spec = importlib.util.spec_from_file_location("spatial_failures", path)
+    sf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sf)
+
+    def box(x0: int, x1: int) -> torch.Tensor:
+        m = torch.zeros(8, 16, dtype=torch.bool)
+        m[2:6, x0:x1] = True
+        return m
+
+    objects = {1: box(0, 4), 2: box(6, 10), 3: box(12, 16)}
+    red, blue = torch.tensor([200.0, 30, 30]), torch.tensor([30.0, 30, 200])
+    kinds = {1: (1, red), 2: (1, red + 20), 3: (2, blue)}  # 2 looks like 1; 3 shares nothing
+    assert sf.classify(objects[1], objects, kinds, target=1) == "target"
+    assert sf.classify(objects[2], objects, kinds, target=1) == "lookalike"
+    assert sf.classify(objects[3], objects, kinds, target=1) == "unrelated"
+    assert sf.classify(objects[2], objects, {**kinds, 2: (2, red)}, target=1) == "partial_match"
+    assert sf.classify(objects[1] | objects[2] | objects[3], objects, kinds, target=3) == "several_objects"
+    assert sf.classify(torch.zeros(8, 16, dtype=torch.bool), objects, kinds, target=1) == "empty"
+    assert sf.classify(box(0, 1), objects, kinds, target=1) == "fragment"
