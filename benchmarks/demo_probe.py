@@ -2,9 +2,10 @@
 
 The demo (``python -m rislib demo``) trains one tiny model for a fixed time budget on the demo
 RefShapes (4,000 training images at 128 px) and scores it on val and the three test splits.
-This script runs exactly that training (same data, same step estimate, same time budget) with
-one change at a time and appends a JSON line per run to ``<out>/results.jsonl``; the runs
-behind the demo's choice of model are in ``benchmarks/results/cpu_regime/demo_probes.json``.
+This script runs exactly that training (:func:`rislib.demo.train_for_budget`: same data, same
+step estimate, same time budget) with one change at a time and appends a JSON line per run to
+``<out>/results.jsonl``; the runs behind the demo's choice of model are in
+``benchmarks/results/cpu_regime/demo_probes.json``.
 
     python -m rislib demo --steps 1 --no-progress          # once, to generate data/refshapes_demo
     python benchmarks/demo_probe.py --name base
@@ -29,11 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rislib.data import RISDataset, open_source  # noqa: E402
-from rislib.demo import DEMO_MAX_STEPS, EVAL_SPLITS, estimate_steps  # noqa: E402
+from rislib.demo import EVAL_SPLITS, train_for_budget  # noqa: E402
 from rislib.engine.evaluator import evaluate  # noqa: E402
 from rislib.engine.recipes import get_recipe  # noqa: E402
-from rislib.engine.trainer import Trainer  # noqa: E402
-from rislib.models import build_model  # noqa: E402
 
 
 def parse_schedule(text: str) -> tuple[tuple[float, int], ...]:
@@ -73,20 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         changes["size_schedule"] = a.size_schedule
     recipe = dataclasses.replace(get_recipe(a.model, "cpu"), **changes)
     overrides = {k: ast.literal_eval(v) for k, v in (s.split("=", 1) for s in a.set)}
-    torch.manual_seed(a.seed)
-    model = build_model(a.model, a.preset, **{**recipe.model_overrides(), **overrides})
-    size = model.config.image_size
-    train = RISDataset(source, "train", mode="train", image_size=size, hflip=recipe.hflip, seed=a.seed)
-    steps = estimate_steps(model, train, batch_size=recipe.batch_size, minutes=a.minutes, max_steps=DEMO_MAX_STEPS,
-                           seed=a.seed, size_schedule=recipe.size_schedule)  # fmt: skip
     out = Path(a.out)
-    cfg = recipe.train_config(
-        out_dir=str(out / a.name), overwrite=True, max_minutes=a.minutes, device="cpu", seed=a.seed, workers=0,
-        steps=steps, warmup_steps=min(recipe.warmup_steps, steps // 10), progress=False,
-        run_info={"dataset": "refshapes", "command": " ".join(sys.argv)},
-    )  # fmt: skip
-    summary = Trainer(model, cfg, train_dataset=train).fit().summary
-    model.eval()
+    model, summary = train_for_budget(a.model, a.preset, source, recipe=recipe, out_dir=out / a.name,
+                                      minutes=a.minutes, seed=a.seed, progress=False, model_overrides=overrides,
+                                      command=" ".join(sys.argv))  # fmt: skip
+    size = model.config.image_size
     row = {"name": a.name, "model": a.model, "changes": {**changes, **overrides}, "steps": summary["steps"],
            "total_steps": summary["total_steps"], "train_minutes": round(summary["train_minutes"], 2),
            "samples_per_s": round(summary["samples_per_s"], 1)}  # fmt: skip

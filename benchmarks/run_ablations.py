@@ -50,12 +50,14 @@ from rislib.models import build_model
 from rislib.tables.ablations import (
     ABLATION_ROWS,
     TEST_SPLITS,
+    claims_run,
     floor_miou,
     floor_results,
     group_ablation_results_by_seed,
     judge_claims,
     results_markdown,
     row_name,
+    rows_not_run,
     seed_rows,
     verdicts_markdown,
 )
@@ -343,21 +345,25 @@ def seeded_scale_paragraph(
 def notes(verdicts: list[Any]) -> list[str]:
     """Plain-language remarks the numbers call for (a degenerate run, the floor)."""
     out = []
-    below = [v for v in verdicts if v.below_floor]
-    if below and len(below) == len([v for v in verdicts if v.verdict != "missing"]):
+    run = claims_run(verdicts)
+    below = [v for v in run if v.below_floor]
+    if below and len(below) == len(run):
         out.append(
             f"- No full model beats the best expression-blind heuristic (pooled mIoU {below[0].floor_mIoU:.2f}) at "
             "this budget: every direction above is that of an undertrained model."
         )
-    for v in verdicts:
-        if v.verdict != "missing" and v.full_mIoU is not None and v.floor_mIoU:
+    one_per_model: dict[str, Any] = {}  # a method's claims share its full model: one remark each
+    for v in run:
+        one_per_model.setdefault(v.claim.model, v)
+    for v in one_per_model.values():
+        if v.full_mIoU is not None and v.floor_mIoU:
             multiple = v.full_mIoU / v.floor_mIoU
             out.append(
                 f"- {v.claim.model}: the full model scores {v.full_mIoU:.1f} pooled mIoU, {multiple:.1f}x the best "
                 f"expression-blind heuristic ({v.floor_mIoU:.1f})"
                 + ("." if multiple >= 2 else ": under twice the floor, so the model is still weak at this budget.")
             )
-    missing = [v.claim.row for v in verdicts if v.verdict == "missing"]
+    missing = rows_not_run(verdicts)
     if missing and len(missing) < len(verdicts):
         out.append(
             f"- Not trained for this study: {', '.join(f'`{m}`' for m in missing)}. A row costs what its shipped "
@@ -365,8 +371,8 @@ def notes(verdicts: list[Any]) -> list[str]:
             "this folder. The shipped HARIS and MagNet models score 36-37 val mIoU after 55-61 CPU minutes, against "
             "about 22 for the best heuristic on the test splits: under the 2x this study asks of a full model."
         )
-    for v in verdicts:
-        if v.verdict != "missing" and v.full_mIoU is not None and v.full_mIoU == 0.0:
+    for v in one_per_model.values():
+        if v.full_mIoU is not None and v.full_mIoU == 0.0:
             out.append(
                 f"- {v.claim.model}: the full model predicts no foreground on any test sentence after this budget "
                 "(mIoU 0), so this claim cannot be tested here."
@@ -389,7 +395,7 @@ def write_summary(args: argparse.Namespace) -> Path:
     eval_minutes = sum(float(r.info.get("seconds") or 0.0) for r in results) / 60
     devices = sorted({str(r.get("device")) for r in train_records.values()})
     cpu_scale = shared["recipe"] == "cpu" and all(d.startswith("cpu") for d in devices)
-    shown = [v for v in verdicts if v.verdict != "missing"] or verdicts  # rows not run: listed in the notes
+    shown = claims_run(verdicts) or verdicts  # rows not run: listed in the notes
     counts = {v.label: 0 for v in shown}
     for v in shown:
         counts[v.label] += 1

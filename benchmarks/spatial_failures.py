@@ -34,6 +34,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rislib.data import RISDataset, collate_batch, open_source  # noqa: E402
+from rislib.metrics import mask_counts  # noqa: E402
 from rislib.models import available_pretrained, load_pretrained  # noqa: E402
 
 OUTCOMES = ("target", "lookalike", "partial_match", "unrelated", "empty", "several_objects", "fragment")
@@ -50,20 +51,20 @@ def classify(
     """One of :data:`OUTCOMES` for a boolean prediction ``[H, W]`` against the image's objects
     (``kinds``: annotation id -> (category id, median RGB))."""
 
-    def iou(a: torch.Tensor, b: torch.Tensor) -> float:
-        union = (a | b).sum().item()
-        return (a & b).sum().item() / union if union else 0.0
-
-    if iou(pred, objects[target]) >= 0.5:
+    ids = list(objects)
+    stack = torch.stack([objects[i] for i in ids])  # [K, H, W], one mask per object
+    inter, union, pred_area, area = mask_counts(pred.expand_as(stack), stack)  # per object
+    iou = {i: inter[k] / union[k] if union[k] else 0.0 for k, i in enumerate(ids)}
+    if iou[target] >= 0.5:
         return "target"
-    for ann_id, mask in objects.items():
-        if ann_id != target and iou(pred, mask) >= 0.5:  # at most one object can pass 0.5
+    for ann_id in ids:
+        if ann_id != target and iou[ann_id] >= 0.5:
             shape = kinds[ann_id][0] == kinds[target][0]
             colour = same_colour(kinds[ann_id][1], kinds[target][1])
             return "lookalike" if shape and colour else "partial_match" if shape or colour else "unrelated"
-    if not pred.any():
+    if pred_area[0] == 0:
         return "empty"
-    covered = sum((pred & m).sum().item() >= 0.5 * m.sum().item() > 0 for m in objects.values())
+    covered = sum(0 < a <= 2 * i for i, a in zip(inter, area))  # objects at least half under the mask
     return "several_objects" if covered >= 2 else "fragment"
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "plot_word_attention",
     "metrics_table",
     "estimate_steps",
+    "train_for_budget",
 ]
 
 DEMO_COUNTS = {"train": 4000, "val": 100, "testA": 100, "testB": 100, "testC": 100}
@@ -281,6 +282,41 @@ def estimate_steps(
     return int(max(20, min(max_steps, 60 * minutes / per_step)))
 
 
+def train_for_budget(
+    model_name: str, preset: str, source: Any, *, recipe: Any, out_dir: str | Path, minutes: float,
+    steps: int | None = None, seed: int = 0, progress: bool = True, model_overrides: dict[str, Any] | None = None,
+    command: str = "python -m rislib demo",
+) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """The demo's training: build ``model_name``/``preset`` with ``recipe``'s model settings (and
+    ``model_overrides``), size the run to ``minutes`` with :func:`estimate_steps` (unless ``steps``
+    is given) and train it on the ``train`` split of ``source`` on the CPU, stopping at the budget.
+
+    Returns the model in eval mode and the run's summary (``steps``, ``train_minutes``, ...);
+    the run folder ``out_dir`` is replaced if it exists (moved aside, never deleted).
+    ``benchmarks/demo_probe.py`` calls this with one recipe change at a time.
+    """
+    from .data import RISDataset
+    from .engine.trainer import Trainer
+    from .models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(model_name, preset, **{**recipe.model_overrides(), **(model_overrides or {})})
+    size = model.config.image_size
+    train = RISDataset(source, "train", mode="train", image_size=size, hflip=recipe.hflip, seed=seed)
+    steps = steps or estimate_steps(model, train, batch_size=recipe.batch_size, minutes=minutes,
+                                    max_steps=DEMO_MAX_STEPS, seed=seed,
+                                    size_schedule=recipe.size_schedule)  # fmt: skip
+    cfg = recipe.train_config(
+        out_dir=str(out_dir), overwrite=True, max_minutes=minutes, device="cpu", seed=seed, workers=0, steps=steps,
+        warmup_steps=min(recipe.warmup_steps, steps // 10), progress=progress,
+        run_info={"dataset": "refshapes", "command": command},
+    )  # fmt: skip
+    print(f"training {model_name}/{preset} ({model.num_parameters() / 1e6:.2f} M parameters) on {len(train)} "
+          f"RefShapes references for at most {minutes:g} min on the CPU ...", flush=True)  # fmt: skip
+    summary = Trainer(model, cfg, train_dataset=train).fit().summary
+    return model.eval(), summary
+
+
 # ---- the command ------------------------------------------------------------------------------
 def _free_threads() -> int:
     """torch's default thread count, lowered to the cores other processes leave free.
@@ -325,8 +361,7 @@ def main(args: argparse.Namespace) -> int:
     from .data import RISDataset, open_source
     from .engine.recipes import get_recipe
     from .engine.train_cli import ensure_refshapes, parse_counts
-    from .engine.trainer import Trainer
-    from .models import available_pretrained, build_model, load_pretrained
+    from .models import available_pretrained, load_pretrained
     from .viz import apply_style
 
     apply_style()
@@ -342,26 +377,11 @@ def main(args: argparse.Namespace) -> int:
     splits = [s for s in EVAL_SPLITS if s in source.splits()]
 
     # ---- train --------------------------------------------------------------------------
-    recipe = get_recipe(args.model, "cpu")
-    torch.manual_seed(args.seed)
-    model = build_model(args.model, args.preset, **recipe.model_overrides())
-    size = model.config.image_size
-    train = RISDataset(source, "train", mode="train", image_size=size, hflip=recipe.hflip, seed=args.seed)
     run = Path(args.out) / f"{args.model}_{args.preset}"
-    steps = args.steps or estimate_steps(model, train, batch_size=recipe.batch_size, minutes=args.max_minutes,
-                                         max_steps=DEMO_MAX_STEPS, seed=args.seed,
-                                         size_schedule=recipe.size_schedule)  # fmt: skip
-    cfg = recipe.train_config(
-        out_dir=str(run), overwrite=True, max_minutes=args.max_minutes, device="cpu", seed=args.seed, workers=0,
-        steps=steps,
-        warmup_steps=min(recipe.warmup_steps, steps // 10), progress=not args.no_progress,
-        run_info={"dataset": "refshapes", "command": "python -m rislib demo"},
-    )  # fmt: skip
-    print(f"training {args.model}/{args.preset} ({model.num_parameters() / 1e6:.2f} M parameters) on {len(train)} "
-          f"RefShapes references for at most {args.max_minutes:g} min on the CPU ...", flush=True)  # fmt: skip
-    result = Trainer(model, cfg, train_dataset=train).fit()
-    model.eval()
-    s = result.summary
+    model, s = train_for_budget(args.model, args.preset, source, recipe=get_recipe(args.model, "cpu"), out_dir=run,
+                                minutes=args.max_minutes, steps=args.steps, seed=args.seed,
+                                progress=not args.no_progress)  # fmt: skip
+    size = model.config.image_size
     print(f"trained {s['steps']} of {s['total_steps']} steps in {s['train_minutes']:.1f} min "
           f"({s['samples_per_s']:.0f} samples/s, stopped: {s['status']})")  # fmt: skip
 

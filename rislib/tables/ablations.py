@@ -63,6 +63,8 @@ __all__ = [
     "group_ablation_results_by_seed",
     "seed_rows",
     "judge_claims",
+    "claims_run",
+    "rows_not_run",
     "verdicts_markdown",
     "results_markdown",
 ]
@@ -307,6 +309,16 @@ class ClaimVerdict:
     def label(self) -> str:
         """``"holds"``, ``"reversed, below floor"``, ..."""
         return f"{self.verdict}, below floor" if self.below_floor else self.verdict
+
+
+def claims_run(verdicts: Iterable[ClaimVerdict]) -> list[ClaimVerdict]:
+    """The verdicts whose runs exist (every verdict but ``"missing"``), in their order."""
+    return [v for v in verdicts if v.verdict != "missing"]
+
+
+def rows_not_run(verdicts: Iterable[ClaimVerdict]) -> list[str]:
+    """The ablated rows of the claims whose runs are missing (``maris-use_vga-false``, ...)."""
+    return [v.claim.row for v in verdicts if v.verdict == "missing"]
 
 
 def pooled_miou(by_split: Mapping[str, ReproducedResult], splits: Sequence[str] = TEST_SPLITS) -> float | None:

@@ -9,7 +9,9 @@ from pathlib import Path
 from .ablations import (
     AblationStudy,
     ablation_studies,
+    claims_run,
     results_markdown,
+    rows_not_run,
     verdicts_markdown,
 )
 from .compare import Comparison, compare
@@ -351,10 +353,10 @@ def render_markdown(
             "",
             results_markdown(study.grouped),
         ]  # fmt: skip
-        run = [v for v in study.verdicts if v.verdict != "missing"]  # claims whose rows were not trained
+        run = claims_run(study.verdicts)
         if run:
             parts += ["", verdicts_markdown(run)]
-            not_run = [v.claim.row for v in study.verdicts if v.verdict == "missing"]
+            not_run = rows_not_run(study.verdicts)
             if not_run:
                 parts += ["", "Not trained in this study: " + ", ".join(f"`{m}`" for m in not_run) + "."]
     if figures:
