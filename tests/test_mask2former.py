@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rislib.decoders.mask2former import MaskedQueryDecoder, MultiScalePixelDecoder, masked_attention_bias
-from rislib.layers import AttentionRecorder, sine_position_embedding_2d
+from rislib.layers import AttentionRecorder, mask2former_position_embedding, sine_position_embedding_2d
 
 CH = (8, 16, 24, 32)
 
@@ -151,3 +151,53 @@ def test_pixel_decoder_layer_equals_direct_attention_formula():
     x = layer.norm2(x + layer.ffn(x))
     torch.testing.assert_close(mf[0], pd.mask_features(x[:16].T.reshape(1, 8, 4, 4))[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ms[0][0], x[16:].T.reshape(8, 2, 2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["dense", "deformable"])
+def test_mask_positions_separate_pixels_with_equal_features(decoder):
+    """``mask_positions`` adds exactly ``Conv1x1(PE)`` to the mask features, for any input."""
+    from rislib.decoders.deformable import DeformablePixelDecoder
+
+    cls = MultiScalePixelDecoder if decoder == "dense" else DeformablePixelDecoder
+    kwargs = dict(in_channels=CH, dim=32, num_layers=1, num_heads=4, ffn_dim=64, num_groups=8, fpn_levels=1)
+    constant = [torch.ones(1, c, 64 // s, 64 // s) for c, s in zip(CH, (4, 8, 16, 32))]
+    torch.manual_seed(0)
+    with_pos = cls(**kwargs, mask_positions=True)
+    f_pos, _ = with_pos(constant)
+    # the added term is exactly the 1x1 projection of the sine embedding
+    positions = with_pos.mask_positions
+    with_pos.mask_positions = None
+    f_base, _ = with_pos(constant)
+    layout = mask2former_position_embedding if decoder == "deformable" else sine_position_embedding_2d
+    pe = layout(16, 16, 32, torch.device("cpu")).T.reshape(1, 32, 16, 16)  # the decoder's own sine layout
+    expected = F.conv2d(pe, positions.proj.weight, positions.proj.bias)
+    torch.testing.assert_close(f_pos - f_base, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_mask_positions_are_off_by_default_and_in_the_official_magnet():
+    from rislib.models.haris import HARISConfig
+    from rislib.models.magnet import MagNetConfig
+    from rislib.models.registry import build_model
+
+    assert HARISConfig().mask_positions is False and MagNetConfig().mask_positions is False
+    assert MultiScalePixelDecoder(in_channels=CH, dim=32, num_groups=8).mask_positions is None
+    model = build_model("magnet", "tiny", official=True, mask_positions=True)
+    assert model.config.mask_positions is False  # the release has no position term
+
+
+def test_plain_cross_attention_ignores_the_previous_mask(monkeypatch):
+    """``masked_attention=False`` equals the masked decoder with every pixel left open."""
+    import rislib.decoders.mask2former as m2f
+
+    torch.manual_seed(0)
+    pd, qd = _decoders(layers=3)
+    mask_features, ms = pd(_features())
+    qd.masked_attention = False
+    plain = [p["mask_logits"] for p in qd(ms, mask_features)]
+    qd.masked_attention = True
+    masked = [p["mask_logits"] for p in qd(ms, mask_features)]
+    assert not torch.allclose(plain[-1], masked[-1])  # the mask matters for this input
+    monkeypatch.setattr(m2f, "masked_attention_bias", lambda logits, size, dtype: None)
+    opened = [p["mask_logits"] for p in qd(ms, mask_features)]
+    for a, b in zip(plain, opened):
+        torch.testing.assert_close(a, b)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import flatten_hw, mask2former_position_embedding, sine_position_embedding_2d, unflatten_hw
+from .mask_positions import MaskFeaturePositions
 
 __all__ = ["deformable_sampling", "MultiScaleDeformableAttention", "DeformablePixelDecoder"]
 
@@ -175,6 +176,8 @@ class DeformablePixelDecoder(nn.Module):
             transformer).
         position_embedding: ``"mask2former"`` (the official layout, default) or ``"rislib"``
             (:func:`rislib.layers.sine_position_embedding_2d`).
+        mask_positions: add a learned projection of the sine positions to the mask features
+            (:mod:`rislib.decoders.mask_positions`; this project's addition, off in the release).
 
     ``forward(features)``, ``features[l] [B, in_channels[l], H/s_l, W/s_l]`` fine to coarse,
     returns ``mask_features [B, dim, H/s_0, W/s_0]`` (a 1x1 conv on the finest output) and the
@@ -195,6 +198,7 @@ class DeformablePixelDecoder(nn.Module):
         dropout: float = 0.0,
         fpn_levels: int = 0,
         position_embedding: str = "mask2former",
+        mask_positions: bool = False,
     ) -> None:
         super().__init__()
         in_channels = tuple(int(c) for c in in_channels)
@@ -243,6 +247,7 @@ class DeformablePixelDecoder(nn.Module):
         )
         self.mask_features = nn.Conv2d(dim, dim, 1)
         self._reset_parameters()
+        self.mask_positions = MaskFeaturePositions(dim, position_embedding) if mask_positions else None
 
     def _reset_parameters(self) -> None:
         # Mask2Former's init: xavier for the transformer's matrices, Deformable DETR's for its
@@ -297,4 +302,7 @@ class DeformablePixelDecoder(nn.Module):
             cur = lateral(x_l)
             up = F.interpolate(maps[-1], size=cur.shape[-2:], mode="bilinear", align_corners=False)
             maps.append(output(cur + up))
-        return self.mask_features(maps[-1]), maps[:3]
+        mask_features = self.mask_features(maps[-1])  # [B, dim, H/s_0, W/s_0]
+        if self.mask_positions is not None:
+            mask_features = mask_features + self.mask_positions(mask_features)
+        return mask_features, maps[:3]

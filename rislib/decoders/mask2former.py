@@ -73,6 +73,7 @@ from ..layers import (
 )
 from ..layers.attention import attend, merge_heads, split_heads
 from ..layers.resize import resize_bilinear
+from .mask_positions import MaskFeaturePositions
 
 __all__ = ["MultiScalePixelDecoder", "MaskedQueryDecoder", "masked_attention_bias", "POSITION_EMBEDDINGS"]
 
@@ -157,6 +158,8 @@ class MultiScalePixelDecoder(nn.Module):
             levels in the transformer) is MagNet's configuration; 1 keeps the stride-4 level
             out of the quadratic attention (16x fewer attention pairs at 480 px).
         position_embedding: ``"rislib"`` (default) or ``"mask2former"`` sine layout.
+        mask_positions: add a learned projection of the sine positions to the mask features
+            (:mod:`rislib.decoders.mask_positions`; this project's addition, off by default).
 
     Shapes:
         ``forward(features)`` with ``features[l] [B, in_channels[l], H/s_l, W/s_l]`` returns
@@ -177,6 +180,7 @@ class MultiScalePixelDecoder(nn.Module):
         dropout: float = 0.0,
         fpn_levels: int = 0,
         position_embedding: str = "rislib",
+        mask_positions: bool = False,
     ) -> None:
         super().__init__()
         _check_position_embedding("MultiScalePixelDecoder", position_embedding)
@@ -213,6 +217,7 @@ class MultiScalePixelDecoder(nn.Module):
         self.mask_features = nn.Conv2d(dim, dim, 1)
         _xavier_(self)
         nn.init.normal_(self.level_embed)
+        self.mask_positions = MaskFeaturePositions(dim, position_embedding) if mask_positions else None
 
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """Encode ``features`` (fine -> coarse) -> ``(mask_features, [coarsest, ..., level 1])``."""
@@ -243,6 +248,8 @@ class MultiScalePixelDecoder(nn.Module):
             up = resize_bilinear(maps[0], lateral.shape[-2:])  # F.interpolate(bilinear), as matmuls on the CPU
             maps.insert(0, self.output[lvl](lateral + up))
         mask_features = self.mask_features(maps[0])  # [B, dim, H/4, W/4]
+        if self.mask_positions is not None:
+            mask_features = mask_features + self.mask_positions(mask_features)  # + [1, dim, H/4, W/4]
         return mask_features, maps[1:][::-1]
 
 
@@ -302,6 +309,8 @@ class MaskedQueryDecoder(nn.Module):
         num_classes: width of the class head (``None``: no class head).
         dropout: dropout in attention and FFN (0 in Mask2Former/MagNet).
         position_embedding: ``"rislib"`` (default) or ``"mask2former"`` (the released layout).
+        masked_attention: ``False`` lets every layer's cross-attention see all pixels (plain
+            cross-attention, the baseline of Mask2Former's masked-attention ablation).
 
     Shapes:
         ``forward(multi_scale, mask_features, query_init)`` with ``multi_scale``
@@ -323,10 +332,12 @@ class MaskedQueryDecoder(nn.Module):
         num_classes: int | None = 2,
         dropout: float = 0.0,
         position_embedding: str = "rislib",
+        masked_attention: bool = True,
     ) -> None:
         super().__init__()
         _check_position_embedding("MaskedQueryDecoder", position_embedding)
         self.position_embedding = position_embedding
+        self.masked_attention = masked_attention
         if dim % 4:
             raise ValueError(f"MaskedQueryDecoder: dim must be divisible by 4 (sine positions), got {dim}")
         self.dim = dim
@@ -383,7 +394,11 @@ class MaskedQueryDecoder(nn.Module):
         predictions = [self.prediction_heads(q, mask_features)]
         for i, layer in enumerate(self.layers):
             lvl = i % self.num_levels
-            bias = masked_attention_bias(predictions[-1]["mask_logits"], sizes[lvl], memories[lvl].dtype)
+            bias = (
+                masked_attention_bias(predictions[-1]["mask_logits"], sizes[lvl], memories[lvl].dtype)
+                if self.masked_attention
+                else None
+            )
             q = layer(q, q_pos, memories[lvl], positions[lvl], bias)
             predictions.append(self.prediction_heads(q, mask_features))
         return predictions

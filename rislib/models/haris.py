@@ -119,6 +119,8 @@ class HARISConfig(ModelConfig):
     pixel_decoder_layers: int = 4
     pixel_decoder_ffn_dim: int = 1024
     pixel_decoder_fpn_levels: int = 1
+    mask_positions: bool = False
+    masked_attention: bool = True
     decoder_layers: int = 6
     decoder_ffn_dim: int = 2048
     focal_weight: float = 1.0
@@ -288,6 +290,7 @@ class HARIS(RISModel):
             ffn_dim=c.pixel_decoder_ffn_dim,
             dropout=c.dropout,
             fpn_levels=c.pixel_decoder_fpn_levels,
+            mask_positions=c.mask_positions,
         )
         if c.pixel_decoder_layers == 0:
             # without encoder layers the level embeddings are never read: keep them out of training
@@ -303,6 +306,7 @@ class HARIS(RISModel):
             num_levels=3,
             num_classes=None,
             dropout=c.dropout,
+            masked_attention=c.masked_attention,
         )
         self.apply_peft(rank=c.adapter_rank, scale=c.adapter_scale)
 

@@ -160,8 +160,8 @@ class MagNetConfig(SwinBertConfig):
             the release always does); False = boolean padding mask.
         official: the released forward pass (module docstring): overrides
             ``official_windows``, ``language_mask_quirk``, ``pixel_decoder``,
-            ``pixel_decoder_fpn_levels``, ``position_embedding``, ``class_gate`` and
-            ``inference_align_corners``.
+            ``pixel_decoder_fpn_levels``, ``position_embedding``, ``class_gate``,
+            ``inference_align_corners``, ``mask_positions`` and ``masked_attention``.
         official_windows: Swin windows as the original code computes them (pad, then roll).
         pixel_decoder: ``"dense"`` (this project's) or ``"deformable"`` (MagNet's).
         pixel_decoder_points: sampling points of the deformable decoder (4).
@@ -179,6 +179,9 @@ class MagNetConfig(SwinBertConfig):
         decoder_ffn, decoder_groups: Mask2Former head sizes (256, 4, 1024, 9, 8, 2048, 32 [code]).
         pixel_decoder_fpn_levels: finest levels merged FPN-style instead of entering the pixel
             decoder's transformer (0 in ``paper``, as MagNet; 1 in ``tiny``/``small`` for speed).
+        mask_positions: add learned sine positions to the mask features
+            (:mod:`rislib.decoders.mask_positions`; this project's addition, off in ``official``).
+        masked_attention: ``False`` gives the query decoder plain cross-attention (ablation).
         class_gate: multiply by the class probability at inference (see module docstring).
         use_mask_grounding, mg_mode, mg_ratio, mg_layers, mg_heads: Mask Grounding (training).
         use_alignment_loss, cal_temperature, cal_samples: the Cross-modal Alignment Loss.
@@ -202,6 +205,8 @@ class MagNetConfig(SwinBertConfig):
     pixel_decoder_layers: int = 1
     pixel_decoder_ffn: int = 128
     pixel_decoder_fpn_levels: int = 1
+    mask_positions: bool = False
+    masked_attention: bool = True
     decoder_layers: int = 3
     decoder_heads: int = 4
     decoder_ffn: int = 128
@@ -231,6 +236,8 @@ OFFICIAL_MAGNET = {
     "position_embedding": "mask2former",
     "class_gate": False,
     "inference_align_corners": True,
+    "mask_positions": False,
+    "masked_attention": True,
 }
 
 
@@ -407,11 +414,13 @@ class MagNet(RISModel):
         self.pixel_decoder = pixel_decoder_cls(
             in_channels=channels, dim=config.decoder_dim, num_layers=config.pixel_decoder_layers,
             num_heads=config.decoder_heads, ffn_dim=config.pixel_decoder_ffn, num_groups=config.decoder_groups,
-            fpn_levels=config.pixel_decoder_fpn_levels, position_embedding=config.position_embedding, **extra,
+            fpn_levels=config.pixel_decoder_fpn_levels, position_embedding=config.position_embedding,
+            mask_positions=config.mask_positions, **extra,
         )
         self.decoder = MaskedQueryDecoder(
             dim=config.decoder_dim, num_queries=1, num_layers=config.decoder_layers, num_heads=config.decoder_heads,
             ffn_dim=config.decoder_ffn, num_levels=3, num_classes=2, position_embedding=config.position_embedding,
+            masked_attention=config.masked_attention,
         )
         self.lang_proj = nn.Linear(text_dim, config.decoder_dim)  # as the official WrapperModel
         self.mask_grounding = (
