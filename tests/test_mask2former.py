@@ -154,7 +154,7 @@ def test_pixel_decoder_layer_equals_direct_attention_formula():
 
 
 @pytest.mark.parametrize("decoder", ["dense", "deformable"])
-def test_mask_positions_separate_pixels_with_equal_features(decoder):
+def test_mask_positions_add_a_projection_of_the_sine_embedding(decoder):
     """``mask_positions`` adds exactly ``Conv1x1(PE)`` to the mask features, for any input."""
     from rislib.decoders.deformable import DeformablePixelDecoder
 
