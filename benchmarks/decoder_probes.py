@@ -25,19 +25,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rislib.engine.train_log import read_jsonl  # noqa: E402
 
 
 def val_series(log: Path) -> dict[int, float]:
     """``{step: val mIoU}`` from a trainer ``log.jsonl``."""
-    series = {}
-    for line_no, line in enumerate(log.read_text().splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"{log}:{line_no}: not a JSON line ({err})") from err
-        if row.get("kind") == "val":
-            series[int(row["step"])] = round(float(row["mIoU"]), 2)
-    return series
+    if not log.is_file():
+        raise SystemExit(f"{log}: missing (expected the trainer's log.jsonl)")
+    return {int(r["step"]): round(float(r["mIoU"]), 2) for r in read_jsonl(log) if r.get("kind") == "val"}
 
 
 def parse_probe(text: str) -> tuple[str, str, Path]:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import flatten_hw, mask2former_position_embedding, sine_position_embedding_2d, unflatten_hw
+from ..layers import check_position_layout, flatten_hw, position_embedding_2d, unflatten_hw
 from .mask_positions import MaskFeaturePositions
 
 __all__ = ["deformable_sampling", "MultiScaleDeformableAttention", "DeformablePixelDecoder"]
@@ -210,11 +210,7 @@ class DeformablePixelDecoder(nn.Module):
             )
         if dim % num_groups:
             raise ValueError(f"DeformablePixelDecoder: dim {dim} is not divisible by num_groups {num_groups}")
-        if position_embedding not in ("mask2former", "rislib"):
-            raise ValueError(
-                "DeformablePixelDecoder: position_embedding must be 'mask2former' or 'rislib', "
-                f"got {position_embedding!r}"
-            )
+        check_position_layout("DeformablePixelDecoder", position_embedding)
         self.in_channels = in_channels
         self.num_levels = len(in_channels)
         self.fpn_levels = fpn_levels
@@ -266,9 +262,7 @@ class DeformablePixelDecoder(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def _positions(self, h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        if self.position_embedding == "mask2former":
-            return mask2former_position_embedding(h, w, self.dim, device, dtype)
-        return sine_position_embedding_2d(h, w, self.dim, device, dtype)
+        return position_embedding_2d(h, w, self.dim, device, dtype, self.position_embedding)
 
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """Encode ``features`` (fine -> coarse) -> ``(mask_features, [s32, s16, s8])``."""

@@ -65,10 +65,11 @@ from torch import Tensor, nn
 
 from ..layers import (
     MLP,
+    POSITION_LAYOUTS,
     MultiHeadAttention,
+    check_position_layout,
     flatten_hw,
-    mask2former_position_embedding,
-    sine_position_embedding_2d,
+    position_embedding_2d,
     unflatten_hw,
 )
 from ..layers.attention import attend, merge_heads, split_heads
@@ -87,19 +88,13 @@ def _xavier_(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-POSITION_EMBEDDINGS = ("rislib", "mask2former")
-
-
-def _check_position_embedding(owner: str, style: str) -> None:
-    if style not in POSITION_EMBEDDINGS:
-        raise ValueError(f"{owner}: position_embedding must be one of {POSITION_EMBEDDINGS}, got {style!r}")
+POSITION_EMBEDDINGS = POSITION_LAYOUTS  # the name MagNet's config check imports
 
 
 def _positions(x: Tensor, style: str = "rislib") -> Tensor:
     """Sine positions ``[1, H*W, C]`` of a ``[B, C, H, W]`` map (normalised to ``[0, 2pi]``):
     this project's layout (``"rislib"``) or Mask2Former's (``"mask2former"``)."""
-    fn = mask2former_position_embedding if style == "mask2former" else sine_position_embedding_2d
-    return fn(x.shape[-2], x.shape[-1], x.shape[1], x.device, x.dtype)[None]
+    return position_embedding_2d(x.shape[-2], x.shape[-1], x.shape[1], x.device, x.dtype, style)[None]
 
 
 class _TokenSelfAttention(MultiHeadAttention):
@@ -183,7 +178,7 @@ class MultiScalePixelDecoder(nn.Module):
         mask_positions: bool = False,
     ) -> None:
         super().__init__()
-        _check_position_embedding("MultiScalePixelDecoder", position_embedding)
+        check_position_layout("MultiScalePixelDecoder", position_embedding)
         self.position_embedding = position_embedding
         in_channels = tuple(int(c) for c in in_channels)
         if len(in_channels) < 2:
@@ -335,7 +330,7 @@ class MaskedQueryDecoder(nn.Module):
         masked_attention: bool = True,
     ) -> None:
         super().__init__()
-        _check_position_embedding("MaskedQueryDecoder", position_embedding)
+        check_position_layout("MaskedQueryDecoder", position_embedding)
         self.position_embedding = position_embedding
         self.masked_attention = masked_attention
         if dim % 4:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..layers import mask2former_position_embedding, sine_position_embedding_2d, unflatten_hw
+from ..layers import check_position_layout, position_embedding_2d, unflatten_hw
 
 __all__ = ["MaskFeaturePositions"]
 
@@ -55,12 +55,7 @@ class MaskFeaturePositions(nn.Module):
         super().__init__()
         if dim % 4:
             raise ValueError(f"MaskFeaturePositions: dim must be divisible by 4 (sine positions), got {dim}")
-        if position_embedding not in ("rislib", "mask2former"):
-            raise ValueError(
-                "MaskFeaturePositions: position_embedding must be 'rislib' or 'mask2former', "
-                f"got {position_embedding!r}"
-            )
-        self.dim = dim
+        check_position_layout("MaskFeaturePositions", position_embedding)
         self.position_embedding = position_embedding
         self.proj = nn.Conv2d(dim, dim, 1)
         nn.init.xavier_uniform_(self.proj.weight)
@@ -68,6 +63,7 @@ class MaskFeaturePositions(nn.Module):
 
     def forward(self, mask_features: Tensor) -> Tensor:
         h, w = mask_features.shape[-2:]
-        fn = mask2former_position_embedding if self.position_embedding == "mask2former" else sine_position_embedding_2d
-        pe = fn(h, w, self.dim, mask_features.device, mask_features.dtype)  # [H*W, dim]
+        pe = position_embedding_2d(  # [H*W, dim]
+            h, w, self.proj.in_channels, mask_features.device, mask_features.dtype, self.position_embedding
+        )
         return self.proj(unflatten_hw(pe[None], h, w))  # [1, dim, H, W]

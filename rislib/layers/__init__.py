@@ -3,12 +3,15 @@
 from .attention import MultiHeadAttention, attention_bias_from_mask
 from .blocks import (
     MLP,
+    POSITION_LAYOUTS,
     ConvNormAct,
     LayerNorm2d,
+    check_position_layout,
     coord_features,
     flatten_hw,
     mask2former_position_embedding,
     masked_mean,
+    position_embedding_2d,
     sine_position_embedding_2d,
     unflatten_hw,
 )
@@ -17,17 +20,20 @@ from .recording import AttentionRecorder, is_recording, record
 
 __all__ = [
     "MLP",
+    "POSITION_LAYOUTS",
     "AttentionRecorder",
     "ConvNormAct",
     "LayerNorm2d",
     "MultiHeadAttention",
     "PostNormCrossAttention",
     "attention_bias_from_mask",
+    "check_position_layout",
     "coord_features",
     "flatten_hw",
     "is_recording",
     "mask2former_position_embedding",
     "masked_mean",
+    "position_embedding_2d",
     "record",
     "sine_position_embedding_2d",
     "unflatten_hw",

@@ -15,6 +15,9 @@ __all__ = [
     "coord_features",
     "sine_position_embedding_2d",
     "mask2former_position_embedding",
+    "POSITION_LAYOUTS",
+    "check_position_layout",
+    "position_embedding_2d",
     "masked_mean",
     "flatten_hw",
     "unflatten_hw",
@@ -157,6 +160,26 @@ def mask2former_position_embedding(
     pos_y = interleave(ys)[:, None, :].expand(h, w, half)  # [H, W, dim/2]
     pos_x = interleave(xs)[None, :, :].expand(h, w, half)
     return torch.cat([pos_y, pos_x], dim=2).reshape(h * w, dim).to(dtype)
+
+
+#: the two 2-D sine layouts: this project's and Mask2Former's (the released MagNet decoder's)
+POSITION_LAYOUTS = ("rislib", "mask2former")
+
+
+def check_position_layout(owner: str, layout: str) -> None:
+    """Raise a ``ValueError`` naming ``owner`` unless ``layout`` is one of :data:`POSITION_LAYOUTS`."""
+    if layout not in POSITION_LAYOUTS:
+        raise ValueError(f"{owner}: position_embedding must be one of {POSITION_LAYOUTS}, got {layout!r}")
+
+
+def position_embedding_2d(
+    h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32, layout: str = "rislib"
+) -> Tensor:
+    """2-D sine positions ``[H*W, dim]`` in ``layout``: :func:`sine_position_embedding_2d`
+    (``"rislib"``) or :func:`mask2former_position_embedding` (``"mask2former"``)."""
+    check_position_layout("position_embedding_2d", layout)
+    fn = mask2former_position_embedding if layout == "mask2former" else sine_position_embedding_2d
+    return fn(h, w, dim, device, dtype)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
