@@ -18,6 +18,7 @@ __all__ = [
     "POSITION_LAYOUTS",
     "check_position_layout",
     "position_embedding_2d",
+    "ProjectedPositions",
     "masked_mean",
     "flatten_hw",
     "unflatten_hw",
@@ -180,6 +181,44 @@ def position_embedding_2d(
     check_position_layout("position_embedding_2d", layout)
     fn = mask2former_position_embedding if layout == "mask2former" else sine_position_embedding_2d
     return fn(h, w, dim, device, dtype)
+
+
+class ProjectedPositions(nn.Module):
+    """``Conv1x1(PE)``: a learned projection of the 2-D sine positions, to add to a feature map.
+
+    Sine embeddings are fixed functions of the pixel's place; the learned 1x1 projection lets
+    a network choose which of them to mix into its features (the low-frequency channels are
+    nearly linear in ``x`` and ``y``, the high-frequency ones pick out places). Added to a
+    map, they make every later layer's *values* position-aware, where positions that enter
+    attention weights only (as queries or keys) do not.
+
+    Args:
+        dim: channels of the map (and of the sine embedding; divisible by 4).
+        position_embedding: sine layout, ``"rislib"`` or ``"mask2former"``
+            (:func:`position_embedding_2d`).
+
+    Shapes:
+        ``forward(x)`` with ``x [B, dim, H, W]`` returns ``[1, dim, H, W]`` (to add,
+        broadcast over the batch); ``channels_last=True`` reads ``x [B, H, W, dim]`` and
+        returns ``[1, H, W, dim]``.
+    """
+
+    def __init__(self, dim: int, position_embedding: str = "rislib") -> None:
+        super().__init__()
+        if dim % 4:
+            raise ValueError(f"{type(self).__name__}: dim must be divisible by 4 (sine positions), got {dim}")
+        check_position_layout(type(self).__name__, position_embedding)
+        self.position_embedding = position_embedding
+        self.proj = nn.Conv2d(dim, dim, 1)
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, channels_last: bool = False) -> Tensor:
+        h, w = x.shape[1:3] if channels_last else x.shape[-2:]
+        pe = position_embedding_2d(h, w, self.proj.in_channels, x.device, x.dtype, self.position_embedding)  # [HW, C]
+        if channels_last:
+            return F.linear(pe, self.proj.weight.flatten(1), self.proj.bias).view(1, h, w, -1)  # [1, H, W, C]
+        return self.proj(unflatten_hw(pe[None], h, w))  # [1, C, H, W]
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
