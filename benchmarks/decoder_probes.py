@@ -1,20 +1,25 @@
-"""Collect decoder probes of the Mask2Former-style models (HARIS, MagNet) into one JSON and figure.
+"""Collect the probes of the Mask2Former-style models (HARIS, MagNet) into one JSON and figure.
 
-The shipped HARIS and MagNet ``tiny`` models read attribute words but not spatial ones
-(``benchmarks/spatial_failures.py``). Each probe retrains the first stage of a shipped model
-with one config switch changed (same command, data, seed and schedule as in
-``benchmarks/checkpoints/README.md``, plus ``--set KEY=VALUE``) and compares its validation
-mIoU step by step with the shipped first stage, whose log is in the model's folder
-(``stage1_log.jsonl``). Probes run so far (``benchmarks/results/cpu_regime/decoder_probes.json``):
+The first shipped HARIS and MagNet ``tiny`` models read attribute words but not spatial ones
+(``benchmarks/spatial_failures.py``, ``benchmarks/word_swap.py``). Each probe retrains the first
+stage of such a model with one config switch changed (same command, data, seed and schedule,
+plus ``--set KEY=VALUE``) and compares its validation mIoU step by step with that first stage,
+whose summary and log are kept in ``benchmarks/results/cpu_regime/stage1_without_fusion_positions/``.
+Two probes changed the decoder (``mask_positions``, ``masked_attention=false``) and one the
+fusion (``fusion_positions``, which the shipped models now use). Probes run so far
+(``benchmarks/results/cpu_regime/decoder_probes.json``):
 
     python -m rislib train --model haris --preset tiny --data DATA --recipe cpu --steps 7000 \\
         --threads 1 --preload on --out runs/maskpos/haris --no-progress --set mask_positions=true \\
         --train val_every=1750 --train save_every=500 --train log_every=50
+    python -m rislib train --model magnet --preset tiny --data DATA --recipe cpu --steps 2800 \\
+        --threads 1 --preload on --out runs/fusionpos/magnet --no-progress --set fusion_positions=True \\
+        --train val_every=700 --train save_every=500 --train log_every=50
     python benchmarks/decoder_probes.py --probe haris:mask_positions=runs/maskpos/haris ... \\
         --out benchmarks/results/cpu_regime/decoder_probes.json
 
 Each ``--probe`` is ``MODEL:LABEL=RUN_FOLDER``; the baseline is read from
-``benchmarks/checkpoints/<MODEL>-tiny-refshapes/stage1_log.jsonl``.
+``<--baseline>/<MODEL>-log.jsonl`` and ``<MODEL>-summary.json``.
 """
 
 from __future__ import annotations
@@ -46,13 +51,18 @@ def parse_probe(text: str) -> tuple[str, str, Path]:
     return model, label, Path(folder)
 
 
-def collect(probes: list[tuple[str, str, Path]]) -> dict:
+BASELINE = ROOT / "benchmarks" / "results" / "cpu_regime" / "stage1_without_fusion_positions"
+
+
+def collect(probes: list[tuple[str, str, Path]], baseline: Path = BASELINE) -> dict:
     result: dict = {"baseline": {}, "probes": []}
     for model, label, folder in probes:
         if model not in result["baseline"]:
-            stage1 = ROOT / "benchmarks" / "checkpoints" / f"{model}-tiny-refshapes" / "stage1_log.jsonl"
-            summary = json.loads((stage1.parent / "stage1_summary.json").read_text())
-            result["baseline"][model] = {"command": summary["command"], "val_mIoU": val_series(stage1)}
+            summary = json.loads((baseline / f"{model}-summary.json").read_text())
+            result["baseline"][model] = {
+                "command": summary["command"],
+                "val_mIoU": val_series(baseline / f"{model}-log.jsonl"),
+            }
         summary_path = folder / "summary.json"
         if not summary_path.is_file():
             raise SystemExit(f"{summary_path}: missing (the probe run has not finished)")
@@ -68,7 +78,7 @@ def collect(probes: list[tuple[str, str, Path]]) -> dict:
                 "train_minutes": round(summary["train_minutes"], 1),
                 "device": summary["device"],
                 "val_mIoU": series,
-                "delta_vs_shipped_stage1": {s: round(v - base[s], 2) for s, v in series.items() if s in base},
+                "delta_vs_baseline": {s: round(v - base[s], 2) for s, v in series.items() if s in base},
             }
         )
     return result
@@ -84,7 +94,7 @@ def plot(result: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.8), squeeze=False)
     for ax, model in zip(axes[0], models):
         base = result["baseline"][model]["val_mIoU"]
-        ax.plot(list(base), list(base.values()), "k-o", label="shipped first stage")
+        ax.plot(list(base), list(base.values()), "k-o", label="first stage as first shipped")
         for probe in result["probes"]:
             if probe["model"] == model:
                 s = probe["val_mIoU"]
@@ -102,14 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", action="append", required=True, help="MODEL:LABEL=RUN_FOLDER")
     parser.add_argument("--out", type=Path, required=True, help="JSON to write")
     parser.add_argument("--figure", type=Path, help="PNG of the validation curves")
+    parser.add_argument("--baseline", type=Path, default=BASELINE,
+                        help="folder with <MODEL>-log.jsonl and <MODEL>-summary.json "
+                             "of the unchanged first stage")  # fmt: skip
     args = parser.parse_args(argv)
-    result = collect([parse_probe(p) for p in args.probe])
+    result = collect([parse_probe(p) for p in args.probe], args.baseline)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     if args.figure:
         plot(result, args.figure)
     for p in result["probes"]:
-        print(p["model"], p["change"], p["delta_vs_shipped_stage1"])
+        print(p["model"], p["change"], p["delta_vs_baseline"])
     return 0
 
 

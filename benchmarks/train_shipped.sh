@@ -7,9 +7,10 @@
 # RUNS: parent of the run folders. Methods run one after the other with one CPU thread each
 # (two queues share two cores). Each run is the `cpu` recipe with a length sized so that it
 # takes 20-45 minutes of one core (benchmarks/checkpoints/README.md lists the measured times).
-# HARIS and MagNet, still far below the others after that, get a second stage
-# (RUNS/<method>-tune): a fine-tuning run from the first stage's weights (`--init`), all at
-# 128 px, with a fresh cosine schedule. An interrupted run continues where it stopped
+# Every method but concat then gets a second stage (RUNS/<method>-tune): a fine-tuning run from the first
+# stage's weights (`--init`), all at 128 px, with a fresh cosine schedule. HARIS and MagNet run
+# both stages with positions in their fusion (`--set fusion_positions=True`, the module
+# docstrings give the measurement). An interrupted run continues where it stopped
 # (--resume). Afterwards `python benchmarks/ship_checkpoint.py` evaluates a run (the second
 # stage's, where there is one) and writes its shipped folder.
 set -euo pipefail
@@ -25,7 +26,13 @@ steps_of() {  # optimiser steps of batch 16 per method, first stage
 
 tune_steps_of() {  # optimiser steps of the second stage (0: none)
   case $1 in
-    haris) echo 6000 ;; magnet) echo 4000 ;; *) echo 0 ;;
+    xattn|lts|magnet) echo 4000 ;; maris) echo 2000 ;; haris) echo 6000 ;; *) echo 0 ;;
+  esac
+}
+
+model_sets() {  # model-config overrides of both stages
+  case $1 in
+    haris|magnet) echo "--set fusion_positions=True" ;; *) echo "" ;;
   esac
 }
 
@@ -39,9 +46,12 @@ train() {  # train METHOD STEPS OUT [extra arguments]
 }
 
 for method in "$@"; do
-  [ -f "$runs/$method/final.pt" ] || train "$method" "$(steps_of "$method")" "$runs/$method"
+  # shellcheck disable=SC2046  # the overrides split into words on purpose
+  [ -f "$runs/$method/final.pt" ] || train "$method" "$(steps_of "$method")" "$runs/$method" $(model_sets "$method")
   tune=$(tune_steps_of "$method")
   if [ "$tune" -gt 0 ] && [ ! -f "$runs/$method-tune/final.pt" ]; then
-    train "$method" "$tune" "$runs/$method-tune" --init "$runs/$method/final.pt" --train "size_schedule=((0.0, 128),)"
+    # shellcheck disable=SC2046
+    train "$method" "$tune" "$runs/$method-tune" --init "$runs/$method/final.pt" --train "size_schedule=((0.0, 128),)" \
+      $(model_sets "$method")
   fi
 done
