@@ -99,8 +99,9 @@ def trace_swaps(model: torch.nn.Module, images: torch.Tensor, texts: list[str]) 
             h.remove()
 
     def change(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-        num = sum(float((x - y).pow(2).sum()) for x, y in zip(a, b) if x.shape == y.shape)
-        den = sum(float(x.pow(2).sum()) for x, y in zip(a, b) if x.shape == y.shape)
+        pairs = [(x, y) for x, y in zip(a, b) if x.shape == y.shape]
+        num = sum(float((x - y).pow(2).sum()) for x, y in pairs)
+        den = sum(float(x.pow(2).sum()) for x, _ in pairs)
         return round((num / den) ** 0.5, 4) if den > 0 else 0.0
 
     return {

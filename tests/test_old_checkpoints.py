@@ -77,6 +77,7 @@ def test_tiny_preset_state_dict_layout_unchanged(method):
     assert list(now) == list(saved), "state_dict keys (or their order) changed"
     assert now == saved
     if method in ADDED_SINCE:
-        added = {k: v for k, v in _layout(method).items() if k not in saved}
+        preset = _layout(method)
+        added = {k: v for k, v in preset.items() if k not in saved}
         assert added and all(ADDED_KEYS[method] in k for k in added), sorted(added)
-        assert {k: v for k, v in _layout(method).items() if k in saved} == saved
+        assert {k: v for k, v in preset.items() if k in saved} == saved
