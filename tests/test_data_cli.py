@@ -34,3 +34,9 @@ def test_refshapes_then_info(tmp_path, capsys):
     assert table.splitlines()[1].split()[:2] == ["split", "images"] and "none" in table
     with pytest.raises(ValueError, match="unknown dataset"):
         run(["info", "--data", str(out), "--dataset", "nope"])
+
+
+def test_all_counts_zero_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="every split count is 0"):
+        run(["refshapes", "--out", str(tmp_path / "d"), "--train", "0", "--workers", "0", "--no-progress"])
+    assert not (tmp_path / "d").exists()

@@ -23,13 +23,19 @@ __all__ = ["configure", "main", "split_statistics"]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="{refshapes,info}")
-    gen = sub.add_parser("refshapes", help="generate RefShapes (and gRefShapes) in the REFER layout")
+    gen = sub.add_parser(
+        "refshapes",
+        help="generate RefShapes (and gRefShapes) in the REFER layout",
+        description="Without split counts every split gets its default size; with any count given, only "
+        "the splits given are written (e.g. --train 0 --val 1000 for an evaluation-only root).",
+    )
     gen.add_argument("--out", required=True, help="data root to write (images/, refshapes/, grefshapes/)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--size", type=int, default=256, help="image side, a multiple of 32 in [64, 1024]")
     for split in SPLITS:
         gen.add_argument(
-            f"--{split}", type=int, default=None, help=f"images in {split} (default {DEFAULT_COUNTS[split]})"
+            f"--{split}", type=int, default=None,
+            help=f"images in {split} (default {DEFAULT_COUNTS[split]}, or 0 when another split's count is given)",
         )
     gen.add_argument("--generalized", action="store_true", help="also write grefshapes/ (multi- and no-target)")
     gen.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPUs; 0: none)")
@@ -63,6 +69,11 @@ def main(args: argparse.Namespace) -> int:
     if args.data_command == "refshapes":
         given = {s: getattr(args, s) for s in SPLITS}
         counts = None if all(v is None for v in given.values()) else {s: v or 0 for s, v in given.items()}
+        if counts is not None and not any(counts.values()):
+            raise ValueError(
+                "data refshapes: every split count is 0, nothing to generate (give a count above 0 for at least "
+                f"one of {', '.join('--' + s for s in SPLITS)}, or none of them for the default sizes)"
+            )
         summary = generate_refshapes(
             args.out,
             seed=args.seed,
