@@ -11,8 +11,9 @@ For the run folder of ``benchmarks/train_shipped.sh`` this script
    evaluation split) and records those numbers too: ``tests/test_pretrained.py`` regenerates
    the subset and checks that the shipped file still reproduces them;
 4. copies ``summary.json``, ``log.jsonl`` and ``curves.png`` from the run, and for a run
-   fine-tuned from another (``rislib train --init``, given as ``--first-stage``) that run's
-   summary and log as ``stage1_summary.json`` and ``stage1_log.jsonl``.
+   fine-tuned from others (``rislib train --init``, each earlier run given as ``--earlier-stage``,
+   first stage first) their summaries and logs as ``stage1_summary.json``, ``stage1_log.jsonl``,
+   ``stage2_...`` in that order.
 
 Example::
 
@@ -73,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="folder name (default <method>-tiny-refshapes)")
     p.add_argument("--rename", nargs=2, action="append", metavar=("LOCAL", "PUBLIC"),
                    help="write PUBLIC for the path LOCAL in the summary, log and command (repeatable)")  # fmt: skip
-    p.add_argument("--first-stage", default=None, metavar="RUN",
-                   help="the run --run was fine-tuned from (train --init); its summary and log ship too")  # fmt: skip
+    p.add_argument("--earlier-stage", "--first-stage", dest="earlier", action="append", default=[], metavar="RUN",
+                   help="an earlier stage of --run (train --init), repeated in training order; "
+                   "its summary and log ship too")  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -92,13 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         return text
 
     shutil.copyfile(run / "curves.png", folder / "curves.png")
+    for stale in folder.glob("stage*_*"):  # earlier stages of a model shipped before
+        stale.unlink()
     for file in ("summary.json", "log.jsonl"):
         (folder / file).write_text(public((run / file).read_text()))
-        stage1 = folder / f"stage1_{file}"
-        if a.first_stage:
-            stage1.write_text(public((Path(a.first_stage) / file).read_text()))
-        else:
-            stage1.unlink(missing_ok=True)
+        for number, earlier in enumerate(a.earlier, start=1):
+            (folder / f"stage{number}_{file}").write_text(public((Path(earlier) / file).read_text()))
 
     start = time.perf_counter()
     full = score(model, a.eval_data, progress=not a.no_progress)

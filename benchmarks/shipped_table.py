@@ -47,9 +47,10 @@ def load_models() -> list[dict]:
         if not (folder / "eval.json").is_file():
             continue
         evaluation = json.loads((folder / "eval.json").read_text())
-        stages = [prefix for prefix in ("stage1_", "") if (folder / f"{prefix}summary.json").is_file()]
+        earlier = sorted(folder.glob("stage*_summary.json"), key=lambda f: int(f.name[5:].split("_")[0]))
+        stages = [f.name.removesuffix("summary.json") for f in earlier] + [""]
         summaries, curve, offset = [], [], 0
-        for prefix in stages:  # a fine-tuned model: the first stage's steps come first
+        for prefix in stages:  # a fine-tuned model: the earlier stages' steps come first
             summaries.append(json.loads((folder / f"{prefix}summary.json").read_text()))
             for line in (folder / f"{prefix}log.jsonl").read_text().splitlines():
                 row = json.loads(line)
@@ -73,7 +74,7 @@ def table(models: list[dict], best: dict[str, float]) -> str:
             metrics = e["splits"][split]["metrics"]
             cells.append(f"{metrics['mIoU']:.1f} / {metrics['oIoU']:.1f}")
         params = e.get("parameters")
-        stages = " (2 stages)" if len(m["summaries"]) > 1 else ""
+        stages = f" ({len(m['summaries'])} stages)" if len(m["summaries"]) > 1 else ""
         row = f"| {m['name']} | {params / 1e6:.2f} M | {steps:,}{stages} | {minutes:.0f} | "
         lines.append(row + " | ".join(cells) + " |")
     cells = [f"{best[s]:.1f}" if s in best else "—" for s in SPLITS]
@@ -99,7 +100,7 @@ def figure(models: list[dict], best: dict[str, float], path: Path) -> None:
                  "dashed: best expression-blind heuristic", fontsize=9)  # fmt: skip
     ax.set_ylim(0, max(ax.get_ylim()[1], 60) * 1.25)  # room for the legend above the bars
     ax.legend(fontsize=7, ncols=6, loc="upper center")
-    ax2.set_xlabel("optimiser steps of batch 16 (first runs 60% at 64 px; second stages at 128 px)")
+    ax2.set_xlabel("optimiser steps of batch 16 (first runs 60% at 64 px; later runs at 128 px)")
     ax2.set_ylabel("val mIoU (%), 128 px val")
     ax2.set_title("validation during training", fontsize=9)
     ax2.legend(fontsize=7)
@@ -122,11 +123,13 @@ holds the weights (`model.pt`), how they were trained (`summary.json`, `log.json
 All were trained on the CPU, one thread each, two runs at a time on a 2-core machine, on
 RefShapes rendered at 128 px (20,000 training images, seed 0): a first run with the `cpu` recipe
 (batch 16, AdamW 1e-3, cosine, the first 60% of the steps at 64 px and the rest at 128 px),
-then, for every model but concat, a fine-tuning run from its weights (`rislib train --init`),
-all at 128 px with a fresh cosine schedule. HARIS and MagNet train both runs with learned positions added before
-their fusion (`fusion_positions`, the default of their `tiny` presets; see below). Each folder
-holds both runs' summaries and logs (`stage1_*` is the first); "steps" and "CPU min" (process
-CPU time of the training steps) add up both. They are scored on the default RefShapes (256 px,
+then one fine-tuning run (two for HARIS and MagNet) from the previous run's weights
+(`rislib train --init`), all at 128 px with a fresh cosine schedule (the third runs of HARIS
+and MagNet peak at half the learning rate, 5e-4). HARIS and MagNet train every run with learned
+positions added before their fusion (`fusion_positions`, the default of their `tiny` presets;
+see below). Each folder holds every run's summary and log (`stage1_*` is the first run,
+`stage2_*` the second; the files without a prefix are the last run's); "steps" and "CPU min"
+(process CPU time of the training steps) add up all runs. They are scored on the default RefShapes (256 px,
 seed 0, 1,000 images per split), original protocol (probabilities resized to 256 px, threshold
 0.5); "oIoU" is cumulative intersection over cumulative union, "mIoU" the mean per-expression
 IoU, both in percent. The floor row is the best of three expression-blind heuristics

@@ -7,12 +7,13 @@
 # RUNS: parent of the run folders. Methods run one after the other with one CPU thread each
 # (two queues share two cores). Each run is the `cpu` recipe with a length sized so that it
 # takes 20-45 minutes of one core (benchmarks/checkpoints/README.md lists the measured times).
-# Every method but concat then gets a second stage (RUNS/<method>-tune): a fine-tuning run from the first
-# stage's weights (`--init`), all at 128 px, with a fresh cosine schedule. HARIS and MagNet run
-# both stages with positions in their fusion (`--set fusion_positions=True`, the module
-# docstrings give the measurement). An interrupted run continues where it stopped
-# (--resume). Afterwards `python benchmarks/ship_checkpoint.py` evaluates a run (the second
-# stage's, where there is one) and writes its shipped folder.
+# Every method then gets one or more fine-tuning stages (RUNS/<method>-tune, RUNS/<method>-tune2): each
+# starts from the previous stage's weights (`--init`), all at 128 px, with a fresh cosine
+# schedule (the third stages of HARIS and MagNet at half the peak learning rate). HARIS and
+# MagNet run every stage with positions in their fusion (`--set fusion_positions=True`, the
+# module docstrings give the measurement). An interrupted run continues where it stopped
+# (--resume); a finished one is skipped. Afterwards `python benchmarks/ship_checkpoint.py` evaluates a run (the last
+# stage's) and writes its shipped folder, the earlier stages given as --earlier-stage.
 set -euo pipefail
 data=$1; runs=$2; shift 2
 
@@ -24,9 +25,10 @@ steps_of() {  # optimiser steps of batch 16 per method, first stage
   esac
 }
 
-tune_steps_of() {  # optimiser steps of the second stage (0: none)
+tune_stages_of() {  # the fine-tuning stages after the first: STEPS or STEPS@PEAK_LR each, in order
   case $1 in
-    xattn|lts|magnet) echo 4000 ;; maris) echo 2000 ;; haris) echo 6000 ;; *) echo 0 ;;
+    concat|xattn|lts) echo 4000 ;; maris) echo 2000 ;;
+    magnet) echo 4000 4000@5e-4 ;; haris) echo 6000 6000@5e-4 ;;
   esac
 }
 
@@ -45,13 +47,20 @@ train() {  # train METHOD STEPS OUT [extra arguments]
     --train val_every=$((steps / 4)) --train save_every=500 --train log_every=50 "$@"
 }
 
+done_in() { grep -qs '"status": "completed"' "$1/summary.json"; }  # a finished run folder
+
 for method in "$@"; do
   # shellcheck disable=SC2046  # the overrides split into words on purpose
-  [ -f "$runs/$method/final.pt" ] || train "$method" "$(steps_of "$method")" "$runs/$method" $(model_sets "$method")
-  tune=$(tune_steps_of "$method")
-  if [ "$tune" -gt 0 ] && [ ! -f "$runs/$method-tune/final.pt" ]; then
-    # shellcheck disable=SC2046
-    train "$method" "$tune" "$runs/$method-tune" --init "$runs/$method/final.pt" --train "size_schedule=((0.0, 128),)" \
-      $(model_sets "$method")
-  fi
+  done_in "$runs/$method" || train "$method" "$(steps_of "$method")" "$runs/$method" $(model_sets "$method")
+  previous=$runs/$method; number=1
+  for stage in $(tune_stages_of "$method"); do
+    out=$runs/$method-tune; [ "$number" -gt 1 ] && out=$out$number
+    lr=(); [[ $stage == *@* ]] && lr=(--lr "${stage#*@}")
+    if ! done_in "$out"; then
+      # shellcheck disable=SC2046
+      train "$method" "${stage%@*}" "$out" --init "$previous/final.pt" --train "size_schedule=((0.0, 128),)" \
+        "${lr[@]}" $(model_sets "$method")
+    fi
+    previous=$out; number=$((number + 1))
+  done
 done

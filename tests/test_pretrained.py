@@ -30,7 +30,10 @@ def test_load_pretrained_reads_a_folder_of_shipped_models(tmp_path, monkeypatch)
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
     info = pretrained_info("toy-tiny-refshapes", root=tmp_path)
-    assert info["summary"] == {"steps": 7} and info["eval"] is None
+    assert info["summary"] == {"steps": 7} and info["eval"] is None and info["stages"] == [{"steps": 7}]
+    for number, steps in ((10, 3), (2, 5), (1, 4)):  # runs in training order, stage10 after stage2
+        (folder / f"stage{number}_summary.json").write_text(json.dumps({"steps": steps}))
+    assert [r["steps"] for r in pretrained_info("toy-tiny-refshapes", root=tmp_path)["stages"]] == [4, 5, 3, 7]
     monkeypatch.setenv("RISLIB_CHECKPOINTS", str(tmp_path))
     assert available_pretrained() == ["toy-tiny-refshapes"]
     with pytest.raises(KeyError, match="no shipped model 'nope'.*available: \\['toy-tiny-refshapes'\\]"):

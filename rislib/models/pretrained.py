@@ -78,12 +78,19 @@ def _folder(name: str, root: str | os.PathLike | None) -> Path:
 
 
 def pretrained_info(name: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
-    """``{"name", "folder", "summary", "eval"}`` of a shipped model (the JSON files it came with)."""
+    """``{"name", "folder", "summary", "eval", "stages"}`` of a shipped model (the JSON files it came with).
+
+    ``summary`` is the last training run's record; ``stages`` holds every run's, in training
+    order (``stage1_summary.json``, ``stage2_summary.json``, ..., then ``summary.json``), so a
+    model fine-tuned in several runs adds up its steps and minutes over ``stages``.
+    """
     folder = _folder(name, root)
     info: dict[str, Any] = {"name": name, "folder": str(folder)}
     for key, file in (("summary", "summary.json"), ("eval", "eval.json")):
         path = folder / file
         info[key] = json.loads(path.read_text()) if path.is_file() else None
+    earlier = sorted(folder.glob("stage*_summary.json"), key=lambda f: int(f.name[len("stage") :].split("_")[0]))
+    info["stages"] = [json.loads(f.read_text()) for f in earlier] + ([info["summary"]] if info["summary"] else [])
     return info
 
 
