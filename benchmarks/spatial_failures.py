@@ -7,7 +7,9 @@ protocol, threshold 0.5) is matched against every annotated object of the image:
 - ``lookalike``: a miss whose prediction covers (IoU >= 0.5) another object of the target's
   shape *and* colour (a colour is the median RGB of the object's visible pixels; two colours
   are the same within 40 of 255 per channel): only the spatial words tell the two apart;
-- ``partial_match``: a miss that covers another object sharing the shape or the colour;
+- ``partial_match``: a miss that covers another object sharing the shape or the colour (the
+  report also splits these into ``same_shape`` and ``same_colour``: on testC, whose targets are
+  colour-shape pairs never seen in training, they tell which word a model let go of);
 - ``unrelated``: a miss that covers another object sharing neither;
 - a miss that covers no single object: ``empty`` (no foreground pixel), ``several_objects``
   (half or more of each of two or more objects, merged into one mask) or ``fragment``.
@@ -38,6 +40,7 @@ from rislib.metrics import mask_counts  # noqa: E402
 from rislib.models import available_pretrained, load_pretrained  # noqa: E402
 
 OUTCOMES = ("target", "lookalike", "partial_match", "unrelated", "empty", "several_objects", "fragment")
+PARTIAL = ("same_shape", "same_colour")  # the two kinds of partial_match
 COLOUR_TOLERANCE = 40  # per RGB channel, 0-255
 
 
@@ -50,22 +53,33 @@ def classify(
 ) -> str:
     """One of :data:`OUTCOMES` for a boolean prediction ``[H, W]`` against the image's objects
     (``kinds``: annotation id -> (category id, median RGB))."""
+    return classify_detailed(pred, objects, kinds, target)[0]
+
+
+def classify_detailed(
+    pred: torch.Tensor, objects: dict[int, torch.Tensor], kinds: dict[int, tuple[int, torch.Tensor]], target: int
+) -> tuple[str, str | None]:
+    """:func:`classify`'s outcome and, for a ``partial_match``, which of :data:`PARTIAL` it is."""
 
     ids = list(objects)
     stack = torch.stack([objects[i] for i in ids])  # [K, H, W], one mask per object
     inter, union, pred_area, area = mask_counts(pred.expand_as(stack), stack)  # per object
     iou = {i: inter[k] / union[k] if union[k] else 0.0 for k, i in enumerate(ids)}
     if iou[target] >= 0.5:
-        return "target"
+        return "target", None
     for ann_id in ids:
         if ann_id != target and iou[ann_id] >= 0.5:
             shape = kinds[ann_id][0] == kinds[target][0]
             colour = same_colour(kinds[ann_id][1], kinds[target][1])
-            return "lookalike" if shape and colour else "partial_match" if shape or colour else "unrelated"
+            if shape and colour:
+                return "lookalike", None
+            if shape or colour:
+                return "partial_match", "same_shape" if shape else "same_colour"
+            return "unrelated", None
     if pred_area[0] == 0:
-        return "empty"
+        return "empty", None
     covered = sum(0 < a <= 2 * i for i, a in zip(inter, area))  # objects at least half under the mask
-    return "several_objects" if covered >= 2 else "fragment"
+    return ("several_objects" if covered >= 2 else "fragment"), None
 
 
 def object_kinds(source, image_id: int) -> tuple[dict[int, torch.Tensor], dict[int, tuple[int, torch.Tensor]]]:
@@ -148,21 +162,24 @@ def main(argv: list[str] | None = None) -> int:
                     cache[image_id] = object_kinds(source, image_id)
                 objects, kinds = cache[image_id]
                 (target,) = source.target_ann_ids(source.ref(meta["ref_id"]))
-                outcome = classify(pred.reshape(pred.shape[-2:]).bool(), objects, kinds, target)
+                outcome, partial = classify_detailed(pred.reshape(pred.shape[-2:]).bool(), objects, kinds, target)
                 has_lookalike = any(
                     a != target and kinds[a][0] == kinds[target][0] and same_colour(kinds[a][1], kinds[target][1])
                     for a in kinds
                 )
                 for key in (meta["type"], "all"):
                     counts[key][outcome] += 1
+                    if partial:
+                        counts[key][partial] += 1
                     counts[key]["with_lookalike"] += int(has_lookalike)
         report["models"][name] = {}
         for t, c in sorted(counts.items()):
             total = max(1, sum(c[o] for o in OUTCOMES))
-            report["models"][name][t] = {"n": total, **{o: round(100 * c[o] / total, 1) for o in OUTCOMES},
+            report["models"][name][t] = {"n": total, **{o: round(100 * c[o] / total, 1) for o in (*OUTCOMES, *PARTIAL)},
                                          "with_lookalike": round(100 * c["with_lookalike"] / total, 1)}  # fmt: skip
         row = report["models"][name]["all"]
-        print(f"{name}: " + ", ".join(f"{o} {row[o]:.1f}%" for o in OUTCOMES) + f" of {row['n']} sentences")
+        shares = ", ".join(f"{o} {row[o]:.1f}%" for o in (*OUTCOMES, *PARTIAL))
+        print(f"{name}: {shares} of {row['n']} sentences")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {a.out}")

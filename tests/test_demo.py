@@ -124,6 +124,10 @@ def test_spatial_failures_classifies_a_prediction_by_the_object_it_covers():
     assert sf.classify(objects[2], objects, kinds, target=1) == "lookalike"
     assert sf.classify(objects[3], objects, kinds, target=1) == "unrelated"
     assert sf.classify(objects[2], objects, {**kinds, 2: (2, red)}, target=1) == "partial_match"
+    detailed = sf.classify_detailed
+    assert detailed(objects[2], objects, {**kinds, 2: (2, red)}, target=1) == ("partial_match", "same_colour")
+    assert detailed(objects[2], objects, {**kinds, 2: (1, blue)}, target=1) == ("partial_match", "same_shape")
+    assert detailed(objects[2], objects, kinds, target=1) == ("lookalike", None)
     assert sf.classify(objects[1] | objects[2] | objects[3], objects, kinds, target=3) == "several_objects"
     assert sf.classify(torch.zeros(8, 16, dtype=torch.bool), objects, kinds, target=1) == "empty"
     assert sf.classify(box(0, 1), objects, kinds, target=1) == "fragment"
