@@ -20,6 +20,9 @@ sentences whose image holds a look-alike of the target at all.
 
     python benchmarks/spatial_failures.py --data data/refshapes256eval --split testB \
         --limit 1500 --out benchmarks/results/cpu_regime/spatial_failures.json
+
+After a shipped model is retrained, ``--update --models NAME ...`` re-counts only those models
+in an existing report (the same data, split and limit) and keeps the others' counts.
 """
 
 from __future__ import annotations
@@ -126,6 +129,33 @@ def plot_outcomes(report: dict, path: str | Path):
     plt.close(fig)
 
 
+def load_earlier(path: Path, *, data: str, split: str, limit: int | None) -> dict:
+    """The report at ``path`` that ``--update`` adds to; an error unless it counted the same sentences."""
+    if not path.is_file():
+        raise SystemExit(f"--update: {path} does not exist (run once without --update first)")
+    report = json.loads(path.read_text())
+    recorded_limit = None
+    if "--limit" in report.get("command", "").split():
+        words = report["command"].split()
+        recorded_limit = int(words[words.index("--limit") + 1])
+    for field, recorded, given in (("data", report.get("data"), data), ("split", report.get("split"), split),
+                                   ("--limit", recorded_limit, limit)):  # fmt: skip
+        if recorded != given:
+            raise SystemExit(f"--update: {path} field {field!r} is {recorded!r}, this run's is {given!r}: "
+                             "the counts would cover different sentences")  # fmt: skip
+    return report
+
+
+def merge_update(earlier: dict, fresh: dict[str, dict], command: str, *, order: list[str]) -> dict:
+    """``earlier`` with the models of ``fresh`` replaced (or added), in ``order``; ``command`` noted."""
+    models = {**earlier["models"], **fresh}
+    rank = {name: k for k, name in enumerate(order)}
+    merged = dict(earlier)
+    merged["models"] = dict(sorted(models.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+    merged["updated_by"] = [*earlier.get("updated_by", []), command]
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="RefShapes root (e.g. data/refshapes256eval)")
@@ -135,13 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--figure", default=None, help="PNG of the outcomes per model (optional)")
+    p.add_argument("--update", action="store_true",
+                   help="--out exists: re-count only --models and keep the other models' counts "
+                        "(same --data, --split and --limit required; the command goes to 'updated_by')")  # fmt: skip
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     source = open_source(Path(a.data), "refshapes")
     if a.split not in source.splits():
         p.error(f"--split {a.split}: not in {a.data} (has {source.splits()})")
     names = a.models or available_pretrained()
-    report: dict = {"command": "python " + " ".join(sys.argv), "data": a.data, "split": a.split, "models": {}}
+    command = "python " + " ".join(sys.argv)
+    report: dict = {"command": command, "data": a.data, "split": a.split, "models": {}}
+    earlier = None
+    if a.update:
+        if not a.models:
+            p.error("--update needs --models: the models to re-count")
+        earlier = load_earlier(Path(a.out), data=a.data, split=a.split, limit=a.limit)
     for name in names:
         model = load_pretrained(name).eval()
         ds = RISDataset(source, a.split, mode="eval", image_size=model.config.image_size)
@@ -180,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         row = report["models"][name]["all"]
         shares = ", ".join(f"{o} {row[o]:.1f}%" for o in (*OUTCOMES, *PARTIAL))
         print(f"{name}: {shares} of {row['n']} sentences")
+    if earlier is not None:
+        report = merge_update(earlier, report["models"], command, order=available_pretrained())
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {a.out}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
 import torch
 
 from rislib import demo
@@ -89,8 +90,6 @@ def test_demo_probe_parses_its_schedule_and_names_a_missing_data_root(tmp_path, 
     import importlib.util
     from pathlib import Path
 
-    import pytest
-
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_probe.py"
     spec = importlib.util.spec_from_file_location("demo_probe", path)
     probe = importlib.util.module_from_spec(spec)
@@ -131,3 +130,42 @@ def test_spatial_failures_classifies_a_prediction_by_the_object_it_covers():
     assert sf.classify(objects[1] | objects[2] | objects[3], objects, kinds, target=3) == "several_objects"
     assert sf.classify(torch.zeros(8, 16, dtype=torch.bool), objects, kinds, target=1) == "empty"
     assert sf.classify(box(0, 1), objects, kinds, target=1) == "fragment"
+
+
+def test_spatial_failures_update_replaces_only_the_recounted_models(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "spatial_failures.py"
+    spec = importlib.util.spec_from_file_location("spatial_failures_update", path)
+    sf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sf)
+
+    earlier = {
+        "command": "python spatial_failures.py --data d --split testB --limit 1500 --out r.json",
+        "data": "d",
+        "split": "testB",
+        "models": {"a": {"all": {"target": 1.0}}, "c": {"all": {"target": 3.0}}},
+    }
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps(earlier))
+    loaded = sf.load_earlier(report, data="d", split="testB", limit=1500)
+    merged = sf.merge_update(
+        loaded,
+        {"c": {"all": {"target": 9.0}}, "b": {"all": {"target": 2.0}}},
+        "python spatial_failures.py --update",
+        order=["a", "b", "c"],
+    )
+    assert list(merged["models"]) == ["a", "b", "c"]
+    assert merged["models"]["a"]["all"]["target"] == 1.0 and merged["models"]["c"]["all"]["target"] == 9.0
+    assert merged["updated_by"] == ["python spatial_failures.py --update"]
+    assert merged["command"] == earlier["command"]
+    for wrong in (
+        {"data": "e", "split": "testB", "limit": 1500},
+        {"data": "d", "split": "testA", "limit": 1500},
+        {"data": "d", "split": "testB", "limit": None},
+    ):
+        with pytest.raises(SystemExit, match="different sentences"):
+            sf.load_earlier(report, **wrong)
+    with pytest.raises(SystemExit, match="does not exist"):
+        sf.load_earlier(tmp_path / "missing.json", data="d", split="testB", limit=1500)
