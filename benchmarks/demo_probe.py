@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                                       minutes=a.minutes, seed=a.seed, progress=False, model_overrides=overrides,
                                       command=" ".join(sys.argv))  # fmt: skip
     size = model.config.image_size
-    row = {"name": a.name, "model": a.model, "changes": {**changes, **overrides}, "steps": summary["steps"],
+    train_images = len(source.image_ids(split="train"))
+    row = {"name": a.name, "model": a.model, "data": str(a.data), "train_images": train_images,
+           "changes": {**changes, **overrides}, "steps": summary["steps"],
            "total_steps": summary["total_steps"], "train_minutes": round(summary["train_minutes"], 2),
            "samples_per_s": round(summary["samples_per_s"], 1)}  # fmt: skip
     for split in EVAL_SPLITS:
