@@ -123,12 +123,15 @@ holds the weights (`model.pt`), how they were trained (`summary.json`, `log.json
 All were trained on the CPU, one thread each, two runs at a time on a 2-core machine, on
 RefShapes rendered at 128 px (20,000 training images, seed 0): a first run with the `cpu` recipe
 (batch 16, AdamW 1e-3, cosine, the first 60% of the steps at 64 px and the rest at 128 px),
-then one fine-tuning run (two for HARIS and MagNet) from the previous run's weights
-(`rislib train --init`), all at 128 px with a fresh cosine schedule (the third runs of HARIS
-and MagNet peak at half the learning rate, 5e-4). HARIS and MagNet train every run with learned
-positions added before their fusion (`fusion_positions`, the default of their `tiny` presets;
-see below). Each folder holds every run's summary and log (`stage1_*` is the first run,
-`stage2_*` the second; the files without a prefix are the last run's); "steps" and "CPU min"
+then one or more fine-tuning runs from the previous run's weights (`rislib train --init`), all
+at 128 px with a fresh cosine schedule (`benchmarks/train_shipped.sh` lists each method's runs;
+the later runs of HARIS and MagNet peak at lower learning rates, 5e-4 to 2e-4). The third runs of
+concat and xattn and the fourth of HARIS were started from the shipped `model.pt` of the run
+before, which holds that run's final weights (`summary.json` gives each run's command). HARIS
+and MagNet train every run with learned positions added before their fusion
+(`fusion_positions`, the default of their `tiny` presets; see below). Each folder holds every
+run's summary and log (`stage1_*` is the first run, `stage2_*` the second; the files without a
+prefix are the last run's); "steps" and "CPU min"
 (process CPU time of the training steps) add up all runs. They are scored on the default RefShapes (256 px,
 seed 0, 1,000 images per split), original protocol (probabilities resized to 256 px, threshold
 0.5); "oIoU" is cumulative intersection over cumulative union, "mIoU" the mean per-expression

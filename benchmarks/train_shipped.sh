@@ -7,9 +7,9 @@
 # RUNS: parent of the run folders. Methods run one after the other with one CPU thread each
 # (two queues share two cores). Each run is the `cpu` recipe with a length sized so that it
 # takes 20-45 minutes of one core (benchmarks/checkpoints/README.md lists the measured times).
-# Every method then gets one or more fine-tuning stages (RUNS/<method>-tune, RUNS/<method>-tune2): each
+# Every method then gets one or more fine-tuning stages (RUNS/<method>-tune, RUNS/<method>-tune2, ...): each
 # starts from the previous stage's weights (`--init`), all at 128 px, with a fresh cosine
-# schedule (the third stages of HARIS and MagNet at half the peak learning rate). HARIS and
+# schedule (the later stages of HARIS and MagNet at lower peak learning rates). HARIS and
 # MagNet run every stage with positions in their fusion (`--set fusion_positions=True`, the
 # module docstrings give the measurement). An interrupted run continues where it stopped
 # (--resume); a finished one is skipped. Afterwards `python benchmarks/ship_checkpoint.py` evaluates a run (the last
@@ -27,8 +27,8 @@ steps_of() {  # optimiser steps of batch 16 per method, first stage
 
 tune_stages_of() {  # the fine-tuning stages after the first: STEPS or STEPS@PEAK_LR each, in order
   case $1 in
-    concat|xattn|lts) echo 4000 ;; maris) echo 2000 ;;
-    magnet) echo 4000 4000@5e-4 ;; haris) echo 6000 6000@5e-4 ;;
+    concat) echo 4000 12000 ;; xattn) echo 4000 14000 ;; lts) echo 4000 ;; maris) echo 2000 ;;
+    magnet) echo 4000 4000@5e-4 ;; haris) echo 6000 6000@5e-4 6000@3e-4 6000@2e-4 ;;
   esac
 }
 
