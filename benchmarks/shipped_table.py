@@ -24,6 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from gpu_results import FLOOR_FILE, load_floor  # noqa: E402  (benchmarks/, next to this script)
 
+from rislib.models.pretrained import stage_prefixes  # noqa: E402
+
 BENCH = Path(__file__).resolve().parent
 CHECKPOINTS = BENCH / "checkpoints"
 #: what the table does not say: how the models were made to read spatial words (hand-written)
@@ -47,10 +49,8 @@ def load_models() -> list[dict]:
         if not (folder / "eval.json").is_file():
             continue
         evaluation = json.loads((folder / "eval.json").read_text())
-        earlier = sorted(folder.glob("stage*_summary.json"), key=lambda f: int(f.name[5:].split("_")[0]))
-        stages = [f.name.removesuffix("summary.json") for f in earlier] + [""]
         summaries, curve, offset = [], [], 0
-        for prefix in stages:  # a fine-tuned model: the earlier stages' steps come first
+        for prefix in stage_prefixes(folder):  # a fine-tuned model: the earlier stages' steps come first
             summaries.append(json.loads((folder / f"{prefix}summary.json").read_text()))
             for line in (folder / f"{prefix}log.jsonl").read_text().splitlines():
                 row = json.loads(line)

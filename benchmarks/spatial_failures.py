@@ -134,14 +134,11 @@ def load_earlier(path: Path, *, data: str, split: str, limit: int | None) -> dic
     if not path.is_file():
         raise SystemExit(f"--update: {path} does not exist (run once without --update first)")
     report = json.loads(path.read_text())
-    recorded_limit = None
-    if "--limit" in report.get("command", "").split():
-        words = report["command"].split()
-        recorded_limit = int(words[words.index("--limit") + 1])
-    for field, recorded, given in (("data", report.get("data"), data), ("split", report.get("split"), split),
-                                   ("--limit", recorded_limit, limit)):  # fmt: skip
-        if recorded != given:
-            raise SystemExit(f"--update: {path} field {field!r} is {recorded!r}, this run's is {given!r}: "
+    for field, given in (("data", data), ("split", split), ("limit", limit)):
+        if field not in report:
+            raise SystemExit(f"--update: {path} has no field {field!r} (written by an older version: rerun it whole)")
+        if report[field] != given:
+            raise SystemExit(f"--update: {path} field {field!r} is {report[field]!r}, this run's is {given!r}: "
                              "the counts would cover different sentences")  # fmt: skip
     return report
 
@@ -175,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--split {a.split}: not in {a.data} (has {source.splits()})")
     names = a.models or available_pretrained()
     command = "python " + " ".join(sys.argv)
-    report: dict = {"command": command, "data": a.data, "split": a.split, "models": {}}
+    report: dict = {"command": command, "data": a.data, "split": a.split, "limit": a.limit, "models": {}}
     earlier = None
     if a.update:
         if not a.models:

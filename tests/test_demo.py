@@ -145,6 +145,7 @@ def test_spatial_failures_update_replaces_only_the_recounted_models(tmp_path):
         "command": "python spatial_failures.py --data d --split testB --limit 1500 --out r.json",
         "data": "d",
         "split": "testB",
+        "limit": 1500,
         "models": {"a": {"all": {"target": 1.0}}, "c": {"all": {"target": 3.0}}},
     }
     report = tmp_path / "r.json"

@@ -32,6 +32,7 @@ __all__ = [
     "checkpoints_root",
     "available_pretrained",
     "pretrained_info",
+    "stage_prefixes",
     "load_pretrained",
     "generate_check_subset",
     "CHECK_SPLITS",
@@ -89,9 +90,21 @@ def pretrained_info(name: str, root: str | os.PathLike | None = None) -> dict[st
     for key, file in (("summary", "summary.json"), ("eval", "eval.json")):
         path = folder / file
         info[key] = json.loads(path.read_text()) if path.is_file() else None
-    earlier = sorted(folder.glob("stage*_summary.json"), key=lambda f: int(f.name[len("stage") :].split("_")[0]))
-    info["stages"] = [json.loads(f.read_text()) for f in earlier] + ([info["summary"]] if info["summary"] else [])
+    summaries = (folder / f"{prefix}summary.json" for prefix in stage_prefixes(folder))
+    info["stages"] = [json.loads(path.read_text()) for path in summaries if path.is_file()]
     return info
+
+
+def stage_prefixes(folder: str | os.PathLike) -> list[str]:
+    """File-name prefixes of a shipped model's training runs, in training order.
+
+    ``["stage1_", "stage2_", ..., ""]``: the earlier runs' ``stage<N>_summary.json`` and
+    ``stage<N>_log.jsonl`` sorted by N (stage10 after stage2), then the last run's files, which
+    have no prefix.
+    """
+    earlier = Path(folder).glob("stage*_summary.json")
+    numbers = sorted(int(f.name[len("stage") :].split("_")[0]) for f in earlier)
+    return [f"stage{n}_" for n in numbers] + [""]
 
 
 def load_pretrained(
