@@ -54,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=None, help="default: the cpu recipe's")
     p.add_argument("--size-schedule", type=parse_schedule, default=None, metavar="F:SIDE,...")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="model-config override")
+    p.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE",
+                   help="TrainConfig override, e.g. ema_decay=0.99 (the EMA weights are then scored)")  # fmt: skip
     p.add_argument("--minutes", type=float, default=5.0, help="training time budget (the demo's: 5)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train exactly this many steps (default: as many as fit the budget, as the demo does); "
+                   "fixed steps compare variants on a busy machine")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -72,14 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         changes["size_schedule"] = a.size_schedule
     recipe = dataclasses.replace(get_recipe(a.model, "cpu"), **changes)
     overrides = {k: ast.literal_eval(v) for k, v in (s.split("=", 1) for s in a.set)}
+    train_overrides = {k: ast.literal_eval(v) for k, v in (s.split("=", 1) for s in a.train)}
     out = Path(a.out)
     model, summary = train_for_budget(a.model, a.preset, source, recipe=recipe, out_dir=out / a.name,
-                                      minutes=a.minutes, seed=a.seed, progress=False, model_overrides=overrides,
+                                      minutes=a.minutes, steps=a.steps, seed=a.seed, progress=False,
+                                      model_overrides=overrides, train_overrides=train_overrides,
                                       command=" ".join(sys.argv))  # fmt: skip
     size = model.config.image_size
     train_images = len(source.image_ids(split="train"))
     row = {"name": a.name, "model": a.model, "data": str(a.data), "train_images": train_images,
-           "changes": {**changes, **overrides}, "steps": summary["steps"],
+           "changes": {**changes, **overrides, **train_overrides}, "steps": summary["steps"],
            "total_steps": summary["total_steps"], "train_minutes": round(summary["train_minutes"], 2),
            "samples_per_s": round(summary["samples_per_s"], 1)}  # fmt: skip
     for split in EVAL_SPLITS:

@@ -286,13 +286,16 @@ def estimate_steps(
 def train_for_budget(
     model_name: str, preset: str, source: Any, *, recipe: Any, out_dir: str | Path, minutes: float,
     steps: int | None = None, seed: int = 0, progress: bool = True, model_overrides: dict[str, Any] | None = None,
-    command: str = "python -m rislib demo",
+    command: str = "python -m rislib demo", train_overrides: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """The demo's training: build ``model_name``/``preset`` with ``recipe``'s model settings (and
     ``model_overrides``), size the run to ``minutes`` with :func:`estimate_steps` (unless ``steps``
     is given) and train it on the ``train`` split of ``source`` on the CPU, stopping at the budget.
+    ``train_overrides`` are further :class:`~rislib.engine.train_config.TrainConfig` fields
+    (e.g. ``{"ema_decay": 0.99}``).
 
-    Returns the model in eval mode and the run's summary (``steps``, ``train_minutes``, ...);
+    Returns the weights validation uses (the EMA when ``ema_decay`` is set, else the trained
+    model) in eval mode and the run's summary (``steps``, ``train_minutes``, ...);
     the run folder ``out_dir`` is replaced if it exists (moved aside, never deleted).
     ``benchmarks/demo_probe.py`` calls this with one recipe change at a time.
     """
@@ -310,12 +313,13 @@ def train_for_budget(
     cfg = recipe.train_config(
         out_dir=str(out_dir), overwrite=True, max_minutes=minutes, device="cpu", seed=seed, workers=0, steps=steps,
         warmup_steps=min(recipe.warmup_steps, steps // 10), progress=progress,
-        run_info={"dataset": "refshapes", "command": command},
+        run_info={"dataset": "refshapes", "command": command}, **(train_overrides or {}),
     )  # fmt: skip
     print(f"training {model_name}/{preset} ({model.num_parameters() / 1e6:.2f} M parameters) on {len(train)} "
           f"RefShapes references for at most {minutes:g} min on the CPU ...", flush=True)  # fmt: skip
-    summary = Trainer(model, cfg, train_dataset=train).fit().summary
-    return model.eval(), summary
+    trainer = Trainer(model, cfg, train_dataset=train)
+    summary = trainer.fit().summary
+    return trainer.eval_model.eval(), summary
 
 
 # ---- the command ------------------------------------------------------------------------------

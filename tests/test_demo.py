@@ -170,3 +170,27 @@ def test_spatial_failures_update_replaces_only_the_recounted_models(tmp_path):
             sf.load_earlier(report, **wrong)
     with pytest.raises(SystemExit, match="does not exist"):
         sf.load_earlier(tmp_path / "missing.json", data="d", split="testB", limit=1500)
+
+
+def test_train_for_budget_returns_the_ema_weights_when_asked(tmp_path):
+    import dataclasses
+
+    from rislib.checkpoint import read_state_dict
+    from rislib.data import open_source
+    from rislib.engine.recipes import get_recipe
+    from rislib.engine.train_cli import ensure_refshapes
+
+    counts = {"train": 8, "val": 2, "testA": 2, "testB": 2, "testC": 2}
+    assert ensure_refshapes(tmp_path / "data", size=64, counts=counts, verbose=False)
+    source = open_source(tmp_path / "data", "refshapes")
+    recipe = dataclasses.replace(get_recipe("concat", "cpu"), batch_size=4, size_schedule=())
+    model, summary = demo.train_for_budget(
+        "concat", "tiny", source, recipe=recipe, out_dir=tmp_path / "run", minutes=5, steps=3, progress=False,
+        model_overrides={"image_size": 64}, train_overrides={"ema_decay": 0.5},
+    )  # fmt: skip
+    assert summary["steps"] == 3 and not model.training
+    returned = model.state_dict()
+    ema = read_state_dict(tmp_path / "run" / "final_ema.pt")
+    trained = read_state_dict(tmp_path / "run" / "final.pt")
+    assert all(torch.equal(returned[k], ema[k]) for k in ema)
+    assert any(not torch.equal(ema[k], trained[k]) for k in ema if ema[k].is_floating_point())
