@@ -13,7 +13,7 @@
 4. draws predictions beside the ground truth (``figures/demo_predictions.png``) and the
    attention of every word over the image (``figures/demo_attention.png``);
 5. evaluates the trained models that ship with the course (``benchmarks/checkpoints``, one
-   per method, each trained for 39 to 185 minutes of one CPU core; see
+   per method, each trained for 71 to 185 minutes of one CPU core; see
    :func:`rislib.models.load_pretrained`) on the same images and shows them beside the
    fresh model.
 
