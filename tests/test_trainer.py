@@ -407,9 +407,10 @@ def test_size_schedule_resizes_training_images_at_the_scheduled_steps(tmp_path):
     assert prepared.images.shape[-1] == 16 and prepared.masks.shape[-1] == 32
     plain = Trainer(build_toy(), toy_config(tmp_path), train_dataset=ToyShapes(8), collate_fn=toy_collate)
     assert plain.train_size() is None
-    for bad in (((0.5, 16),), ((0.0, 16), (0.0, 32)), ((0.0, 16), (1.0, 32)), ((0.0, 4),)):
+    for bad in (((0.5, 16),), ((0.0, 16), (0.0, 32)), ((0.0, 16), (1.0, 32)), ((0.0, 4),), (64,), ((0.0,),)):
         with pytest.raises(ValueError, match="size_schedule"):
             toy_config(tmp_path, size_schedule=bad)
+    assert toy_config(tmp_path, size_schedule=None).size_schedule == ()  # None: no schedule, as ()
 
 
 def test_cpu_threads_follow_the_load_unless_given(monkeypatch):

@@ -46,7 +46,7 @@ class TrainConfig:
         size_schedule: progressive resizing, ``((fraction, side), ...)``: from that fraction
             of the run on, training images are resized (bilinear, antialiased) to
             ``side x side`` before the forward pass; masks stay at the data set's size (every
-            mask loss resizes the logits to the target). Empty: the data set's size all along.
+            mask loss resizes the logits to the target). Empty (or None): the data set's size all along.
             E.g. ``((0.0, 64), (0.75, 128))`` trains the first three quarters at 64 px, where a
             step costs about half, and finishes at the size the model is evaluated at.
         ema_decay: keep an EMA of the weights (validated and saved as ``final_ema.pt``).
@@ -164,7 +164,10 @@ class TrainConfig:
             raise bad("log_every", "a positive integer")
         if any(not 0 < m < 1 for m in self.milestones):
             raise bad("milestones", "fractions of the total steps, each in (0, 1)")
-        self.size_schedule = tuple((float(f), int(side)) for f, side in self.size_schedule)
+        try:  # None means no schedule, as () does
+            self.size_schedule = tuple((float(f), int(side)) for f, side in (self.size_schedule or ()))
+        except (TypeError, ValueError):
+            raise bad("size_schedule", "(fraction, side) pairs ((0.0, side), (f, side), ...), or () for none") from None
         fractions = [f for f, _ in self.size_schedule]
         if fractions and (
             fractions[0] != 0.0 or fractions != sorted(set(fractions)) or fractions[-1] >= 1
