@@ -19,7 +19,6 @@ Run one probe at a time: the budget is wall-clock minutes, so two side by side h
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import sys
@@ -33,6 +32,7 @@ from rislib.data import RISDataset, open_source  # noqa: E402
 from rislib.demo import EVAL_SPLITS, train_for_budget  # noqa: E402
 from rislib.engine.evaluator import evaluate  # noqa: E402
 from rislib.engine.recipes import get_recipe  # noqa: E402
+from rislib.engine.train_cli import parse_assignments  # noqa: E402
 
 
 def parse_schedule(text: str) -> tuple[tuple[float, int], ...]:
@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.size_schedule:
         changes["size_schedule"] = a.size_schedule
     recipe = dataclasses.replace(get_recipe(a.model, "cpu"), **changes)
-    overrides = {k: ast.literal_eval(v) for k, v in (s.split("=", 1) for s in a.set)}
-    train_overrides = {k: ast.literal_eval(v) for k, v in (s.split("=", 1) for s in a.train)}
+    try:
+        overrides, train_overrides = parse_assignments(a.set, "--set"), parse_assignments(a.train, "--train")
+    except ValueError as e:
+        p.error(str(e))
     out = Path(a.out)
     model, summary = train_for_budget(a.model, a.preset, source, recipe=recipe, out_dir=out / a.name,
                                       minutes=a.minutes, steps=a.steps, seed=a.seed, progress=False,

@@ -12,6 +12,18 @@ from rislib import demo
 from rislib.models import build_model, save_model
 
 
+def _benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_demo_runs_end_to_end_and_evaluates_a_shipped_checkpoint(tmp_path, capsys):
     torch.manual_seed(0)
     shipped = tmp_path / "checkpoints"
@@ -87,13 +99,7 @@ def test_estimate_steps_fits_the_budget_between_bounds():
 
 
 def test_demo_probe_parses_its_schedule_and_names_a_missing_data_root(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "demo_probe.py"
-    spec = importlib.util.spec_from_file_location("demo_probe", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = _benchmark("demo_probe")
     assert probe.parse_schedule("0:64,0.6:128") == ((0.0, 64), (0.6, 128))
     with pytest.raises(argparse.ArgumentTypeError, match="FRACTION:SIDE"):
         probe.parse_schedule("64")
@@ -103,13 +109,7 @@ def test_demo_probe_parses_its_schedule_and_names_a_missing_data_root(tmp_path, 
 
 
 def test_spatial_failures_classifies_a_prediction_by_the_object_it_covers():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "spatial_failures.py"
-    spec = importlib.util.spec_from_file_location("spatial_failures", path)
-    sf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sf)
+    sf = _benchmark("spatial_failures")
 
     def box(x0: int, x1: int) -> torch.Tensor:
         m = torch.zeros(8, 16, dtype=torch.bool)
@@ -133,13 +133,7 @@ def test_spatial_failures_classifies_a_prediction_by_the_object_it_covers():
 
 
 def test_spatial_failures_update_replaces_only_the_recounted_models(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "spatial_failures.py"
-    spec = importlib.util.spec_from_file_location("spatial_failures_update", path)
-    sf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sf)
+    sf = _benchmark("spatial_failures")
 
     earlier = {
         "command": "python spatial_failures.py --data d --split testB --limit 1500 --out r.json",
@@ -172,17 +166,14 @@ def test_spatial_failures_update_replaces_only_the_recounted_models(tmp_path):
         sf.load_earlier(tmp_path / "missing.json", data="d", split="testB", limit=1500)
 
 
-def test_train_for_budget_returns_the_ema_weights_when_asked(tmp_path):
+def test_train_for_budget_returns_the_ema_weights_when_asked(tmp_path, refshapes_root):
     import dataclasses
 
     from rislib.checkpoint import read_state_dict
     from rislib.data import open_source
     from rislib.engine.recipes import get_recipe
-    from rislib.engine.train_cli import ensure_refshapes
 
-    counts = {"train": 8, "val": 2, "testA": 2, "testB": 2, "testC": 2}
-    assert ensure_refshapes(tmp_path / "data", size=64, counts=counts, verbose=False)
-    source = open_source(tmp_path / "data", "refshapes")
+    source = open_source(refshapes_root(64), "refshapes")
     recipe = dataclasses.replace(get_recipe("concat", "cpu"), batch_size=4, size_schedule=())
     model, summary = demo.train_for_budget(
         "concat", "tiny", source, recipe=recipe, out_dir=tmp_path / "run", minutes=5, steps=3, progress=False,
