@@ -9,7 +9,7 @@
 # takes 20-45 minutes of one core (benchmarks/checkpoints/README.md lists the measured times).
 # Every method then gets one or more fine-tuning stages (RUNS/<method>-tune, RUNS/<method>-tune2, ...): each
 # starts from the previous stage's weights (`--init`), all at 128 px, with a fresh cosine
-# schedule (the later stages of HARIS and MagNet at lower peak learning rates). HARIS and
+# schedule (the later stages of every method but concat and LTS at lower peak learning rates). HARIS and
 # MagNet run every stage with positions in their fusion (`--set fusion_positions=True`, the
 # module docstrings give the measurement). An interrupted run continues where it stopped
 # (--resume); a finished one is skipped. Afterwards `python benchmarks/ship_checkpoint.py` evaluates a run (the last
@@ -27,7 +27,7 @@ steps_of() {  # optimiser steps of batch 16 per method, first stage
 
 tune_stages_of() {  # the fine-tuning stages after the first: STEPS or STEPS@PEAK_LR each, in order
   case $1 in
-    concat) echo 4000 12000 ;; xattn) echo 4000 14000 ;; lts) echo 4000 7000 5000 ;; maris) echo 2000 7000 ;;
+    concat) echo 4000 12000 ;; xattn) echo 4000 14000 14000@3e-4 ;; lts) echo 4000 7000 5000 ;; maris) echo 2000 7000 7000@5e-4 ;;
     magnet) echo 4000 4000@5e-4 6000@5e-4 ;; haris) echo 6000 6000@5e-4 6000@3e-4 6000@2e-4 ;;
   esac
 }
