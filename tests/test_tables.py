@@ -309,6 +309,20 @@ def test_tables_command_writes_markdown_and_figures(results_dir: Path, tmp_path:
     assert names == ["09_claimed_vs_reproduced.png", "09_metric_gap.png", "09_published_oiou.png"]
 
 
+def test_committed_tables_md_is_what_the_tables_command_writes_now():
+    """benchmarks/tables.md is generated ("do not edit by hand"): a result file added under
+    benchmarks/results without re-running ``python -m rislib tables`` would leave it stale."""
+    from rislib.tables import load_results, render_markdown
+
+    root = DOCS.parent
+    committed = (root / "benchmarks" / "tables.md").read_text()
+    figures = re.findall(r"^!\[[^\]]*\]\(([^)]+)\)$", committed, flags=re.M)
+    assert figures and all((root / "benchmarks" / f).resolve().is_file() for f in figures), figures
+    reproduced = load_results(root / "benchmarks" / "results")
+    text = render_markdown(reproduced, studies=ablation_studies(reproduced), figures=figures)
+    assert text == committed, "benchmarks/tables.md is stale: run `python -m rislib tables`"
+
+
 # ---- ablations ------------------------------------------------------------------------------------
 def test_paired_bootstrap_equals_an_independent_loop():
     rng = np.random.default_rng(5)
