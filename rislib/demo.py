@@ -20,7 +20,7 @@
 Why LTS: five-minute runs of the demo's training with one change each
 (``benchmarks/demo_probe.py``, ``benchmarks/results/cpu_regime/demo_probes.json``, 2 CPU cores)
 put LTS at val 38.3-39.5 mIoU and xattn at 37.1-37.6, with LTS far ahead on testA (attribute
-words: 33 against 26-29); batch 32, a longer or shorter 64 px phase, a higher learning rate,
+words: 33 against 26-29); batch 32 or 8 (8: val 34.9), a longer or shorter 64 px phase, a higher learning rate,
 three times the training images (12,000: val 39.2) and an EMA of the weights (val 38.0 with and
 without, at equal steps) did not help. No variant reached val 40 in
 five minutes: the task needs longer runs, and the shipped models show what a longer run of the
