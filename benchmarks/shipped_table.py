@@ -126,10 +126,9 @@ RefShapes rendered at 128 px (20,000 training images, seed 0): a first run with 
 then one or more fine-tuning runs from the previous run's weights (`rislib train --init`), all
 at 128 px with a fresh cosine schedule (`benchmarks/train_shipped.sh` lists each method's runs;
 the later runs of xattn, MARIS, HARIS and MagNet peak at lower learning rates, 5e-4 to 2e-4).
-The last run of LTS, concat and MagNet, the third of xattn and MARIS and the fourth of HARIS were
-started from the shipped `model.pt` of the run before, which holds that run's final weights;
-their summaries name that run's `final.pt`, as `train_shipped.sh` does (`summary.json` gives
-each run's command). HARIS
+Some runs were started from the shipped `model.pt` of the run before, which holds that run's
+final weights; their summaries name that run's `final.pt`, as `train_shipped.sh` does
+(`summary.json` gives each run's command). HARIS
 and MagNet train every run with learned positions added before their fusion
 (`fusion_positions`, the default of their `tiny` presets; see below). Each folder holds every
 run's summary and log (`stage1_*` is the first run, `stage2_*` the second; the files without a
