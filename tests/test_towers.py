@@ -77,3 +77,29 @@ def test_frozen_towers_stay_in_eval_mode_and_are_no_backbone_group():
     assert not model.text_encoder.training and model.vision_encoder.training
     assert model.backbone_modules() == [model.vision_encoder]
     assert all(not p.requires_grad for p in model.text_encoder.parameters())
+
+
+@pytest.mark.parametrize("name", ["xattn", "lts", "magnet"])
+def test_frozen_towers_of_a_method_without_peft_settings_train_nothing_and_run_without_gradients(name):
+    model = build_model(name, "tiny", frozen_towers=("vision",))
+    model.train()
+    assert model.tower_mode("vision") == "frozen" and model.tower_mode("text") == "full"
+    assert not model.vision_encoder.training and model.text_encoder.training
+    assert all(not p.requires_grad for p in model.vision_encoder.parameters())
+    before = {k: v.clone() for k, v in model.vision_encoder.state_dict().items()}
+    images = torch.rand(2, 3, 128, 128)
+    batch = Batch(images, ["the red circle", "the blue star"], masks=(torch.rand(2, 1, 128, 128) > 0.5).float())
+    maps = model.run_vision_tower(images)
+    assert not any(m.requires_grad for m in maps)  # no graph through the frozen tower
+    model.loss(batch, model(batch))["total"].backward()
+    assert all(p.grad is None for p in model.vision_encoder.parameters())
+    assert any(p.grad is not None for p in model.text_encoder.parameters())
+    after = model.vision_encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics untouched too
+
+
+def test_frozen_towers_is_refused_by_methods_with_their_own_peft_settings_and_checked():
+    with pytest.raises(ValueError, match="HARIS sets its towers' PEFT modes itself"):
+        build_model("haris", "tiny", frozen_towers=("vision",))
+    with pytest.raises(ValueError, match=r"frozen_towers: expected a subset of \('vision', 'text'\)"):
+        build_model("xattn", "tiny", frozen_towers=("image",))

@@ -83,6 +83,10 @@ class ModelConfig:
         text: registered text-encoder name; ``text_kwargs`` go to its builder.
         vision_checkpoint, text_checkpoint: paths of pre-trained weights (paper presets).
         backbone_lr_scale: learning-rate multiplier of the encoders' trainable parameters.
+        frozen_towers: towers (``"vision"``, ``"text"``) used as fixed feature extractors: no
+            parameter of theirs trains, they run without gradients and stay in eval mode
+            (e.g. ``("vision",)`` with the ImageNet ``efficientnet_lite0``). Methods with
+            their own PEFT settings (MARIS, HARIS: ``peft``, ``freeze_text``) reject it.
     """
 
     image_size: int = 128
@@ -94,6 +98,7 @@ class ModelConfig:
     vision_checkpoint: str | None = None
     text_checkpoint: str | None = None
     backbone_lr_scale: float = 0.1
+    frozen_towers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,15 +168,25 @@ class RISModel(nn.Module, ABC):
         self.text_encoder = build_tower(  # type: ignore[assignment]
             "text", c.text, {**c.text_kwargs, **(text_kwargs or {})}, c.text_checkpoint, **common
         )
+        frozen = tuple(c.frozen_towers)
+        if frozen:
+            if not set(frozen) <= set(TOWERS):
+                raise ValueError(f"{type(c).__name__}.frozen_towers: expected a subset of {TOWERS}, got {frozen!r}")
+            if type(self).tower_mode is not RISModel.tower_mode:
+                raise ValueError(
+                    f"{type(c).__name__}.frozen_towers: {type(self).__name__} sets its towers' PEFT modes itself "
+                    f"(its config's 'peft' fields); leave frozen_towers empty"
+                )
+            self.apply_peft()
 
     def tower(self, name: str) -> nn.Module:
         """``"vision"`` -> ``vision_encoder``, ``"text"`` -> ``text_encoder``."""
         return self.vision_encoder if name == "vision" else self.text_encoder
 
     def tower_mode(self, tower: str) -> str:
-        """The PEFT mode of a tower (:data:`~rislib.models.towers.PEFT_MODES`); methods with PEFT
-        settings override this, every other tower trains fully."""
-        return "full"
+        """The PEFT mode of a tower (:data:`~rislib.models.towers.PEFT_MODES`): ``"frozen"`` for the
+        towers in ``config.frozen_towers``, else ``"full"``; methods with PEFT settings override this."""
+        return "frozen" if tower in tuple(self.config.frozen_towers) else "full"
 
     def apply_peft(self, *, rank: int | None = None, scale: float = 0.1) -> None:
         """Put each tower in its :meth:`tower_mode` (call at the end of ``__init__``).
