@@ -168,10 +168,11 @@ class RISModel(nn.Module, ABC):
         self.text_encoder = build_tower(  # type: ignore[assignment]
             "text", c.text, {**c.text_kwargs, **(text_kwargs or {})}, c.text_checkpoint, **common
         )
-        frozen = tuple(c.frozen_towers)
-        if frozen:
-            if not set(frozen) <= set(TOWERS):
-                raise ValueError(f"{type(c).__name__}.frozen_towers: expected a subset of {TOWERS}, got {frozen!r}")
+        if c.frozen_towers:
+            if not set(c.frozen_towers) <= set(TOWERS):
+                raise ValueError(
+                    f"{type(c).__name__}.frozen_towers: expected a subset of {TOWERS}, got {tuple(c.frozen_towers)!r}"
+                )
             if type(self).tower_mode is not RISModel.tower_mode:
                 raise ValueError(
                     f"{type(c).__name__}.frozen_towers: {type(self).__name__} sets its towers' PEFT modes itself "
@@ -186,7 +187,7 @@ class RISModel(nn.Module, ABC):
     def tower_mode(self, tower: str) -> str:
         """The PEFT mode of a tower (:data:`~rislib.models.towers.PEFT_MODES`): ``"frozen"`` for the
         towers in ``config.frozen_towers``, else ``"full"``; methods with PEFT settings override this."""
-        return "frozen" if tower in tuple(self.config.frozen_towers) else "full"
+        return "frozen" if tower in self.config.frozen_towers else "full"
 
     def apply_peft(self, *, rank: int | None = None, scale: float = 0.1) -> None:
         """Put each tower in its :meth:`tower_mode` (call at the end of ``__init__``).
