@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_trainer import ToyShapes, build_toy, toy_collate
+from toy_model import register_toy_models
 
 from rislib.engine.trainer import TrainConfig, Trainer, find_checkpoints
 from rislib.models import load_model
@@ -73,6 +74,7 @@ def _assert_same_files(a: Path, b: Path, name: str) -> None:
 @pytest.fixture(scope="module")
 def crashed_run(tmp_path_factory) -> Path:
     """A run SIGKILLed while writing its 4th checkpoint (step 9, mid-epoch 1)."""
+    register_toy_models()  # here too, not only in the forked child: the tests load its checkpoints
     tmp = tmp_path_factory.mktemp("resume")
     run = tmp / "crashed"
     _run_killed(run, crash_on_save=4)
