@@ -29,6 +29,12 @@ __all__ = ["Recipe", "get_recipe", "available_recipes", "RECIPE_NAMES"]
 
 RECIPE_NAMES = ("paper", "refshapes", "cpu")
 
+#: Methods whose ``cpu`` recipe trains with channels-last tensors: a tiny preset's training step
+#: took at least 3% less CPU time with them at both 64 and 128 px (concat 1.16x / 1.04x, LTS
+#: 1.08x / 1.09x, MARIS 1.03x / 1.03x, xattn 1.03x / 1.15x; HARIS and MagNet 1.01-1.02x), one
+#: thread, in-process (``benchmarks/train_option_ab.py``, ``benchmarks/results/train_options_2026-12-07.json``).
+CHANNELS_LAST_ON_CPU = frozenset({"concat", "lts", "maris", "xattn"})
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -50,6 +56,8 @@ class Recipe:
         hflip: random horizontal flips (the data set swaps "left"/"right" words with them).
         size_schedule: progressive resizing, ``((fraction, side), ...)`` (see
             :class:`~rislib.engine.trainer.TrainConfig`); empty: ``image_size`` all along.
+        channels_last: NHWC tensors for the convolutions (the ``cpu`` recipe of the methods
+            where it measured faster, :data:`CHANNELS_LAST_ON_CPU`).
         model_settings: model-config fields the recipe also sets (e.g. LAVT's optimiser
             groups, ``{"optimizer_groups": "lavt"}``).
         source: where the values come from, and which are this project's choice.
@@ -73,6 +81,7 @@ class Recipe:
     grad_clip: float | None = None
     hflip: bool = False
     size_schedule: tuple[tuple[float, int], ...] = ()
+    channels_last: bool = False
     model_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: str = ""
 
@@ -107,6 +116,7 @@ class Recipe:
             "gamma": self.gamma,
             "grad_clip": self.grad_clip,
             "size_schedule": self.size_schedule,
+            "channels_last": self.channels_last,
         }
         if overrides.get("steps") is not None:
             values["epochs"] = None
@@ -270,6 +280,7 @@ def _shared(name: str, method: str) -> Recipe:
         grad_clip=1.0,
         hflip=True,
         size_schedule=((0.0, 64), (0.6, 128)),
+        channels_last=method in CHANNELS_LAST_ON_CPU,
         source="this project's choice: minutes on two CPU cores, 60% of the steps at 64 px then 128 px "
         "(benchmarks/results/cpu_regime)",
     )

@@ -18,7 +18,7 @@ What one optimiser step does
    host-device synchronisation per step carries all of these; a NaN or infinite loss (or
    gradient norm) stops training with a :class:`NonFiniteLossError` naming the step and
    the term, *before* the optimiser touches the weights, and nothing is saved after it.
-4. AdamW update (``fused=True`` on CUDA) over ``model.param_groups`` (each group keeps
+4. AdamW update (fused on CUDA and the CPU) over ``model.param_groups`` (each group keeps
    its ``lr_scale``: backbones train at ``backbone_lr_scale`` times the base rate), then the
    per-iteration learning-rate schedule (:func:`lr_factor`: linear warmup, then constant,
    poly, cosine or step decay), then the EMA update if enabled.
@@ -246,7 +246,7 @@ class Trainer(OptimizerStep, ResumableRun):
     def _build_optimizer(self) -> torch.optim.Optimizer:
         """AdamW (or Adam) over ``model.param_groups``; each group keeps its ``lr_scale``."""
         config = self.config
-        fused = self.device.type == "cuda" if config.fused is None else config.fused
+        fused = self.device.type in ("cuda", "cpu") if config.fused is None else config.fused
         groups = self.model.param_groups(config.lr, config.weight_decay)
         for g in groups:
             g.setdefault("lr_scale", g.get("lr", config.lr) / config.lr)
