@@ -230,11 +230,12 @@ def metrics_table(results: dict[tuple[str, str], dict[str, Any]], splits: list[s
 
 def estimate_steps(
     model: Any, dataset: Any, *, batch_size: int, minutes: float, max_steps: int, seed: int = 0,
-    size_schedule: tuple[tuple[float, int], ...] = (),
+    size_schedule: tuple[tuple[float, int], ...] = (), channels_last: bool = False,
 ) -> int:  # fmt: skip
     """Optimiser steps that fit in ``minutes`` on this machine, timed on a copy of ``model``.
 
-    Four steps of AdamW on a real batch are timed after one warm-up step (their median: two
+    Four steps of AdamW (fused, as the trainer runs it on the CPU; channels-last tensors when
+    ``channels_last``, as the recipe trains) on a real batch are timed after one warm-up step (their median: two
     steps alone varied by 30% on a busy machine), at every training side of ``size_schedule``
     (see :class:`~rislib.engine.trainer.TrainConfig`), each with the resize to that side; the
     time of a step is the mean over the run, each side weighted
@@ -255,7 +256,9 @@ def estimate_steps(
     from .data import collate_batch
 
     probe = copy.deepcopy(model).train()
-    opt = torch.optim.AdamW(probe.parameters(), lr=1e-4)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    probe.to(memory_format=memory_format)
+    opt = torch.optim.AdamW(probe.parameters(), lr=1e-4, fused=True)
     loading = []
     for k in range(2):  # the first batch warms the data set's caches; the second is timed
         t0 = time.perf_counter()
@@ -274,7 +277,7 @@ def estimate_steps(
             images = batch.images
             if tuple(images.shape[-2:]) != (side, side):
                 images = F.interpolate(images, size=(side, side), mode="bilinear", antialias=True)
-            sized = dataclasses.replace(batch, images=images)
+            sized = dataclasses.replace(batch, images=images.contiguous(memory_format=memory_format))
             loss = probe.loss(sized, probe(sized))["total"]
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -310,7 +313,8 @@ def train_for_budget(
     train = RISDataset(source, "train", mode="train", image_size=size, hflip=recipe.hflip, seed=seed)
     steps = steps or estimate_steps(model, train, batch_size=recipe.batch_size, minutes=minutes,
                                     max_steps=DEMO_MAX_STEPS, seed=seed,
-                                    size_schedule=recipe.size_schedule)  # fmt: skip
+                                    size_schedule=recipe.size_schedule,
+                                    channels_last=recipe.channels_last)  # fmt: skip
     cfg = recipe.train_config(
         out_dir=str(out_dir), overwrite=True, max_minutes=minutes, device="cpu", seed=seed, workers=0, steps=steps,
         warmup_steps=min(recipe.warmup_steps, steps // 10), progress=progress,

@@ -96,6 +96,9 @@ def test_estimate_steps_fits_the_budget_between_bounds():
     sized = dict(batch_size=4, max_steps=500, size_schedule=((0.0, 32), (0.6, 64)))
     assert demo.estimate_steps(model, items, minutes=1e-6, **sized) == 20
     assert demo.estimate_steps(model, items, minutes=1e6, **sized) == 500
+    # timed in channels-last as the recipe trains; the model itself keeps its layout
+    assert demo.estimate_steps(model, items, minutes=1e6, channels_last=True, **sized) == 500
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 def test_demo_probe_parses_its_schedule_and_names_a_missing_data_root(tmp_path, capsys):
