@@ -30,7 +30,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import platform
@@ -93,9 +92,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-data", default=None, help="an existing RefShapes root to score on (default: --data)")
     p.add_argument("--model-steps", nargs="*", default=[], metavar="MODEL=STEPS",
                    help="per-method steps replacing --steps, e.g. lts=7500 maris=5000")  # fmt: skip
-    p.add_argument("--model-set", nargs="*", default=[], metavar="MODEL:KEY=VALUE",
-                   help="a constructor setting for every row of one method, on top of the recipe's, e.g. "
-                   "haris:fusion_positions=True (recorded in the row's setting)")  # fmt: skip
     p.add_argument("--preload", action="store_true",
                    help="decode the training split once (cached in <train-data>/cache) and the test splits in memory")
     p.add_argument("--skip-floor", action="store_true", help="do not score the heuristics (another process does)")
@@ -106,17 +102,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.model_steps = {k: int(v) for k, v in (item.split("=", 1) for item in args.model_steps)}
     except ValueError:
         p.error(f"--model-steps: expected MODEL=STEPS items such as lts=7500, got {args.model_steps}")
-    model_set: dict[str, dict[str, Any]] = {}
-    for item in args.model_set:
-        model, _, assignment = item.partition(":")
-        key, eq, value = assignment.partition("=")
-        if not (model and key and eq):
-            p.error(f"--model-set: expected MODEL:KEY=VALUE items such as haris:fusion_positions=True, got {item!r}")
-        try:
-            model_set.setdefault(model, {})[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            model_set.setdefault(model, {})[key] = value  # a bare word is a string
-    args.model_set = model_set
     for flag in ("train_data", "eval_data"):
         root = getattr(args, flag)
         if root is not None and not (Path(root) / "refshapes" / "instances.json").is_file():
@@ -139,9 +124,8 @@ def steps_of(args: argparse.Namespace, model_name: str) -> int:
     return args.model_steps.get(model_name, args.steps)
 
 
-def setting(args: argparse.Namespace, seed: int | None = None, model_name: str | None = None) -> dict[str, Any]:
-    """What every row shares (recorded in every file, compared before a row is skipped), plus the
-    ``--model-set`` constructor settings of ``model_name``'s rows when it has any."""
+def setting(args: argparse.Namespace, seed: int | None = None) -> dict[str, Any]:
+    """What every row shares (recorded in every file, compared before a row is skipped)."""
     out = {
         "scale": "CPU tiny-scale",
         "preset": args.preset,
@@ -159,8 +143,6 @@ def setting(args: argparse.Namespace, seed: int | None = None, model_name: str |
     if args.train_data or args.eval_data:
         out["train_data"] = Path(args.train_data or args.data).name
         out["eval_data"] = Path(args.eval_data or args.data).name
-    if model_name in args.model_set:
-        out["model_settings"] = dict(sorted(args.model_set[model_name].items()))
     return out
 
 
@@ -194,7 +176,7 @@ def run_row(
     seed: int, tests: dict[str, Any] | None = None,
 ) -> bool:
     """Train and score one row for one seed; ``False`` when its results already exist (skipped)."""
-    shared = setting(args, seed, model_name)
+    shared = setting(args, seed)
     name = row_name(model_name, overrides)
     out = row_dir(args, name, seed)
     if not args.force and done(out, model_name, shared):
@@ -204,7 +186,7 @@ def run_row(
     steps = steps_of(args, model_name)
     torch.manual_seed(seed)
     model = build_model(model_name, args.preset, **{**recipe.model_overrides(), "image_size": args.image_size},
-                        **{**args.model_set.get(model_name, {}), **overrides})  # fmt: skip
+                        **overrides)  # fmt: skip
     train = RISDataset(train_source, "train", mode="train", image_size=args.image_size, hflip=recipe.hflip, seed=seed)
     if args.preload:
         train.preload(cache_dir=Path(args.train_data or args.data) / "cache", progress=not args.no_progress)
@@ -339,18 +321,6 @@ def seeded_scale_paragraph(
         for k, ((start, side), end) in enumerate(zip(recipe.size_schedule, ends))
     )
     devices = sorted({str(r.get("device")) for r in records.values()})
-    model_settings = {r["model"]: r["setting"]["model_settings"] for r in records.values()
-                      if r.get("setting", {}).get("model_settings")}  # fmt: skip
-    settings_text = "".join(
-        f" The {m} rows build the model with " + ", ".join(f"`{k}={v!r}`" for k, v in kv.items())
-        + f" on top of the recipe (as the shipped {m} model)."
-        for m, kv in sorted(model_settings.items())
-    )
-    model_set_flag = (
-        " --model-set " + " ".join(f"{m}:{k}={v!r}" for m, kv in sorted(model_settings.items()) for k, v in kv.items())
-        if model_settings
-        else ""
-    )
     # the seeds of every record in the folder, not only of this process's --seeds (one process per seed)
     seeds = sorted({int(k.split("/")[0][len("seed"):]) for k in records if k.startswith("seed")}) or seeds_of(args)
     return (
@@ -361,7 +331,7 @@ def seeded_scale_paragraph(
         + ", ".join(f"{n:,} steps ({m})" for m, n in steps)
         + f" on the {Path(args.train_data or args.data).name} training split, once per training seed "
         f"({', '.join(str(k) for k in seeds)}), and is scored on the test splits of "
-        f"{Path(args.eval_data or args.data).name} with the original-resolution protocol.{settings_text} Ran on "
+        f"{Path(args.eval_data or args.data).name} with the original-resolution protocol. Ran on "
         f"{', '.join(devices)}, two rows side by side on two CPU cores: {len(records)} trainings took "
         f"{minutes:.0f} minutes and their evaluations {eval_minutes:.0f} minutes in all. Rows not listed under "
         "'Every run' were not trained at this budget (see the notes). To reproduce: render the data with "
@@ -370,8 +340,7 @@ def seeded_scale_paragraph(
         "--testC 1000`, then run `python benchmarks/run_ablations.py "
         "--train-data data/refshapes128 --eval-data data/refshapes256eval --image-size "
         f"{args.image_size} --batch-size {args.batch_size} --seeds {' '.join(str(k) for k in seeds)} "
-        f"--model-steps {' '.join(f'{m}={n}' for m, n in steps)}{model_set_flag} --preload --rows ROW ... "
-        f"--out {args.out}` "
+        f"--model-steps {' '.join(f'{m}={n}' for m, n in steps)} --preload --rows ROW ... --out {args.out}` "
         "(one process per core; `--skip-floor` in all but one)."
     )
 
