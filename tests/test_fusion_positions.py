@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rislib.fusion.magnet_stage import MagNetStageFusion
 from rislib.layers import ProjectedPositions, mask2former_position_embedding, sine_position_embedding_2d
-from rislib.models.magnet import MagNetStageFusion
 from rislib.models.registry import build_model, get_config
 from rislib.types import Batch
 

@@ -24,10 +24,10 @@ from rislib import Batch
 from rislib.decoders.deformable import DeformablePixelDecoder
 from rislib.decoders.mask2former import MaskedQueryDecoder
 from rislib.encoders.timm_backbones import swin_tiny_test
+from rislib.fusion.magnet_stage import MagNetStageFusion
 from rislib.metrics import MetricAccumulator, compute_metrics
 from rislib.models import build_model
 from rislib.models.base import mask_probabilities
-from rislib.models.magnet import MagNetStageFusion
 from rislib.models.official import convert_official_state_dict, magnet_official_key
 from rislib.models.registry import parameter_counts
 from rislib.types import TextInput

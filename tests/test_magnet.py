@@ -13,12 +13,13 @@ from torch import nn
 
 from rislib import Batch
 from rislib.fusion.magnet_cam import CrossModalAlignmentModule
+from rislib.fusion.magnet_stage import MagNetStageFusion
 from rislib.fusion.mask_grounding import MaskGroundingHead, mask_tokens
 from rislib.fusion.pwam import LanguageGate, LanguagePWAM, PixelWordAttentionModule, masked_instance_norm
 from rislib.layers import AttentionRecorder
 from rislib.losses import masked_token_loss, pixel_contrastive_loss, pixel_text_alignment_loss
 from rislib.models import build_model, load_model, save_model
-from rislib.models.magnet import MagNetStageFusion, default_bert_cut
+from rislib.models.magnet import default_bert_cut
 
 B, HW, N, C, D = 2, 6, 5, 8, 12
 WORD_MASK = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
