@@ -364,6 +364,23 @@ def _evaluate_splits(model: Any, datasets: dict[str, Any], out_dir: Path, limit:
     return results
 
 
+def _attention_figure(models: list[tuple[str, Any]], item: dict[str, Any], path: Path) -> bool:
+    """Draw the pixel-to-word attention of the first model in ``models`` that has one (the
+    freshly trained model first, then the shipped ones, xattn's first: its attention is the one
+    notebook 08 explores); ``False`` when none has."""
+    import matplotlib.pyplot as plt
+
+    first, rest = models[0], sorted(models[1:], key=lambda kv: not kv[0].startswith("xattn"))
+    for name, model in [first, *rest]:
+        fig = plot_word_attention(model, item, path)
+        if fig is not None:
+            plt.close(fig)
+            print(f"attention maps of {name}")
+            return True
+    print("no model here has a pixel-to-word attention map: no attention figure")
+    return False
+
+
 def main(args: argparse.Namespace) -> int:
     import matplotlib
 
@@ -425,19 +442,8 @@ def main(args: argparse.Namespace) -> int:
     plt.close(fig)
     written = [pred_path]
     att_path = figures / "demo_attention.png"
-    # the freshly trained model's maps when it has them, else a shipped model's (xattn's first:
-    # its pixel-to-word attention is the one notebook 08 explores)
-    candidates = [(args.model, model)] + sorted(shipped.items(), key=lambda kv: not kv[0].startswith("xattn"))
-    fig = None
-    for att_name, att_model in candidates:
-        fig = plot_word_attention(att_model, items[0], att_path)
-        if fig is not None:
-            plt.close(fig)
-            written.append(att_path)
-            print(f"attention maps of {att_name}")
-            break
-    if fig is None:
-        print("no model here has a pixel-to-word attention map: no attention figure")
+    if _attention_figure([(args.model, model), *shipped.items()], items[0], att_path):
+        written.append(att_path)
     summary = {"model": args.model, "preset": args.preset, "train": s,
                "metrics": [{"split": sp, "model": label, **m} for (sp, label), m in table.items()]}  # fmt: skip
     (run / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
