@@ -280,6 +280,25 @@ def metric_gaps(rows: Sequence[PublishedResult], a: tuple[str, str, str], b: tup
 
 
 # ---- the whole page ---------------------------------------------------------------------------
+def study_markdown(study: AblationStudy) -> list[str]:
+    """The lines of one ablation study in ``tables.md``: its runs, then its verdicts."""
+    summary = study.root / "summary.md"
+    parts = [
+        "",
+        f"### Ablation study `{study.name}`" + (f" (setting and caveats: `{study.root.name}/summary.md`)"
+                                                if summary.is_file() else ""),
+        "",
+        results_markdown(study.grouped),
+    ]  # fmt: skip
+    run = claims_run(study.verdicts)
+    if run:
+        parts += ["", verdicts_markdown(run)]
+        not_run = rows_not_run(study.verdicts)
+        if not_run:
+            parts += ["", "Not trained in this study: " + ", ".join(f"`{m}`" for m in not_run) + "."]
+    return parts
+
+
 def render_markdown(
     reproduced: Sequence[ReproducedResult] = (),
     *,
@@ -345,20 +364,7 @@ def render_markdown(
         refshapes_table(reproduced, ablations=not studies),
     ]
     for study in studies:
-        summary = study.root / "summary.md"
-        parts += [
-            "",
-            f"### Ablation study `{study.name}`" + (f" (setting and caveats: `{study.root.name}/summary.md`)"
-                                                    if summary.is_file() else ""),
-            "",
-            results_markdown(study.grouped),
-        ]  # fmt: skip
-        run = claims_run(study.verdicts)
-        if run:
-            parts += ["", verdicts_markdown(run)]
-            not_run = rows_not_run(study.verdicts)
-            if not_run:
-                parts += ["", "Not trained in this study: " + ", ".join(f"`{m}`" for m in not_run) + "."]
+        parts += study_markdown(study)
     if figures:
         parts += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(parts) + "\n"
