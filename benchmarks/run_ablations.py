@@ -362,7 +362,7 @@ def notes(verdicts: list[Any]) -> list[str]:
         if v.full_mIoU is not None and v.floor_mIoU:
             multiple = v.full_mIoU / v.floor_mIoU
             out.append(
-                f"- {v.claim.model}: the full model scores {v.full_mIoU:.1f} pooled mIoU, {multiple:.1f}x the best "
+                f"- {v.claim.model}: the full model scores {v.full_mIoU:.1f} pooled mIoU, {multiple:.2f}x the best "
                 f"expression-blind heuristic ({v.floor_mIoU:.1f})"
                 + ("." if multiple >= 2 else ": under twice the floor, so the model is still weak at this budget.")
             )
