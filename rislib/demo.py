@@ -234,9 +234,10 @@ def estimate_steps(
 ) -> int:  # fmt: skip
     """Optimiser steps that fit in ``minutes`` on this machine, timed on a copy of ``model``.
 
-    Four steps of AdamW (fused, as the trainer runs it on the CPU; channels-last tensors when
-    ``channels_last``, as the recipe trains) on a real batch are timed after one warm-up step (their median: two
-    steps alone varied by 30% on a busy machine), at every training side of ``size_schedule``
+    Four steps of the trainer's optimiser (:func:`~rislib.engine.optimizer_step.build_optimizer`,
+    fused on the CPU; channels-last tensors when ``channels_last``, as the recipe trains) on a
+    real batch are timed after one warm-up step (their median: two steps alone varied by 30% on
+    a busy machine), at every training side of ``size_schedule``
     (see :class:`~rislib.engine.trainer.TrainConfig`), each with the resize to that side; the
     time of a step is the mean over the run, each side weighted
     by the share of steps it trains, plus the time to load, collate and tokenise one batch
@@ -254,11 +255,13 @@ def estimate_steps(
     import torch.nn.functional as F
 
     from .data import collate_batch
+    from .engine.optimizer_step import build_optimizer
+    from .engine.train_config import TrainConfig
 
     probe = copy.deepcopy(model).train()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     probe.to(memory_format=memory_format)
-    opt = torch.optim.AdamW(probe.parameters(), lr=1e-4, fused=True)
+    opt = build_optimizer(probe, TrainConfig(steps=1, channels_last=channels_last), torch.device("cpu"))
     loading = []
     for k in range(2):  # the first batch warms the data set's caches; the second is timed
         t0 = time.perf_counter()

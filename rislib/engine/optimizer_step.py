@@ -28,7 +28,21 @@ from .ema import ModelEMA
 from .schedules import LRSchedule
 from .train_config import TrainConfig
 
-__all__ = ["NonFiniteLossError", "OptimizerStep"]
+__all__ = ["NonFiniteLossError", "OptimizerStep", "build_optimizer"]
+
+
+def build_optimizer(model: RISModel, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (or Adam) over ``model.param_groups``, each group keeping its ``lr_scale``; fused
+    on CUDA and the CPU unless ``config.fused`` says otherwise. The trainer's optimiser, and the
+    one :func:`rislib.demo.estimate_steps` times."""
+    fused = device.type in ("cuda", "cpu") if config.fused is None else config.fused
+    groups = model.param_groups(config.lr, config.weight_decay)
+    for g in groups:
+        g.setdefault("lr_scale", g.get("lr", config.lr) / config.lr)
+    opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(
+        groups, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay, fused=fused
+    )
 
 
 class NonFiniteLossError(RislibError, RuntimeError):

@@ -88,7 +88,7 @@ from .distributed import (
 )
 from .ema import ModelEMA
 from .evaluator import evaluate
-from .optimizer_step import NonFiniteLossError, OptimizerStep
+from .optimizer_step import NonFiniteLossError, OptimizerStep, build_optimizer
 from .run_folder import RunLock
 from .run_state import ResumableRun, find_checkpoints, seed_everything, seed_worker
 from .schedules import SCHEDULES, LRSchedule, lr_factor
@@ -203,7 +203,7 @@ class Trainer(OptimizerStep, ResumableRun):
         self.model: RISModel = model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = self._build_optimizer()
+        self.optimizer = build_optimizer(self.model, config, self.device)
         self.sampler, self.steps_per_epoch = self._build_sampler()
         self.total_steps = config.steps if config.steps is not None else config.epochs * self.steps_per_epoch
         self.schedule = self._build_schedule()
@@ -242,18 +242,6 @@ class Trainer(OptimizerStep, ResumableRun):
         if self.device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
-
-    def _build_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW (or Adam) over ``model.param_groups``; each group keeps its ``lr_scale``."""
-        config = self.config
-        fused = self.device.type in ("cuda", "cpu") if config.fused is None else config.fused
-        groups = self.model.param_groups(config.lr, config.weight_decay)
-        for g in groups:
-            g.setdefault("lr_scale", g.get("lr", config.lr) / config.lr)
-        opt_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-        return opt_cls(
-            groups, lr=config.lr, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay, fused=fused
-        )
 
     def _build_sampler(self) -> tuple[ShardedEpochSampler | None, int]:
         """The epoch sampler and the optimiser steps per epoch (``config.steps`` without data)."""
