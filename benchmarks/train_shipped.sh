@@ -27,7 +27,7 @@ steps_of() {  # optimiser steps of batch 16 per method, first stage
 
 tune_stages_of() {  # the fine-tuning stages after the first: STEPS or STEPS@PEAK_LR each, in order
   case $1 in
-    concat) echo 4000 12000 ;; xattn) echo 4000 14000 14000@3e-4 ;; lts) echo 4000 7000 5000 ;; maris) echo 2000 7000 7000@5e-4 ;;
+    concat) echo 4000 12000 ;; xattn) echo 4000 14000 14000@3e-4 18000@2e-4 ;; lts) echo 4000 7000 5000 ;; maris) echo 2000 7000 7000@5e-4 ;;
     magnet) echo 4000 4000@5e-4 6000@5e-4 ;; haris) echo 6000 6000@5e-4 6000@3e-4 6000@2e-4 ;;
   esac
 }
