@@ -322,7 +322,20 @@ def seeded_scale_paragraph(
     )
     devices = sorted({str(r.get("device")) for r in records.values()})
     # the seeds of every record in the folder, not only of this process's --seeds (one process per seed)
-    seeds = sorted({int(k.split("/")[0][len("seed"):]) for k in records if k.startswith("seed")}) or seeds_of(args)
+    seeds_by_model: dict[str, set[int]] = {}
+    for k, r in records.items():
+        if k.startswith("seed"):
+            seeds_by_model.setdefault(r["model"], set()).add(int(k.split("/")[0][len("seed"):]))
+    seeds = sorted(set.intersection(*seeds_by_model.values())) if seeds_by_model else seeds_of(args)
+    extra = {m: sorted(s - set(seeds)) for m, s in sorted(seeds_by_model.items()) if s - set(seeds)}
+    # a method trained with more seeds than the others (its rows rerun with --seeds K --rows ...)
+    extra_text = "".join(f"; {m} also with seed {', '.join(map(str, ks))}" for m, ks in extra.items())
+    extra_command = "".join(
+        f"; seed {' '.join(map(str, ks))} of {m} with `--seeds {' '.join(map(str, ks))} --rows "
+        + " ".join(sorted({k.split('/')[1] for k, r in records.items() if r['model'] == m}))
+        + "` (same other arguments)"
+        for m, ks in extra.items()
+    )
     return (
         f"**Scale.** Every row trains the `{args.preset}` preset with the `{recipe.name}` recipe as the shipped "
         f"models were trained (AdamW, lr {recipe.lr:g}, weight decay {recipe.weight_decay:g}, {recipe.schedule} "
@@ -330,7 +343,7 @@ def seeded_scale_paragraph(
         f"flips, batch {args.batch_size}; {schedule or f'{args.image_size} px'}) for "
         + ", ".join(f"{n:,} steps ({m})" for m, n in steps)
         + f" on the {Path(args.train_data or args.data).name} training split, once per training seed "
-        f"({', '.join(str(k) for k in seeds)}), and is scored on the test splits of "
+        f"({', '.join(str(k) for k in seeds)}{extra_text}), and is scored on the test splits of "
         f"{Path(args.eval_data or args.data).name} with the original-resolution protocol. Ran on "
         f"{', '.join(devices)}, two rows side by side on two CPU cores: {len(records)} trainings took "
         f"{minutes:.0f} minutes and their evaluations {eval_minutes:.0f} minutes in all. Rows not listed under "
@@ -341,7 +354,7 @@ def seeded_scale_paragraph(
         "--train-data data/refshapes128 --eval-data data/refshapes256eval --image-size "
         f"{args.image_size} --batch-size {args.batch_size} --seeds {' '.join(str(k) for k in seeds)} "
         f"--model-steps {' '.join(f'{m}={n}' for m, n in steps)} --preload --rows ROW ... --out {args.out}` "
-        "(one process per core; `--skip-floor` in all but one)."
+        f"(one process per core; `--skip-floor` in all but one){extra_command}."
     )
 
 
