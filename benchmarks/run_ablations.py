@@ -322,19 +322,17 @@ def seeded_scale_paragraph(
     )
     devices = sorted({str(r.get("device")) for r in records.values()})
     # the seeds of every record in the folder, not only of this process's --seeds (one process per seed)
+    seeded = [r for k, r in records.items() if k.startswith("seed")]
     seeds_by_model: dict[str, set[int]] = {}
-    for k, r in records.items():
-        if k.startswith("seed"):
-            seeds_by_model.setdefault(r["model"], set()).add(int(k.split("/")[0][len("seed"):]))
+    for r in seeded:
+        seeds_by_model.setdefault(r["model"], set()).add(r["seed"])
     seeds = sorted(set.intersection(*seeds_by_model.values())) if seeds_by_model else seeds_of(args)
-    extra = {m: sorted(s - set(seeds)) for m, s in sorted(seeds_by_model.items()) if s - set(seeds)}
     # a method trained with more seeds than the others (its rows rerun with --seeds K --rows ...)
-    extra_text = "".join(f"; {m} also with seed {', '.join(map(str, ks))}" for m, ks in extra.items())
+    extra = {m: " ".join(map(str, sorted(s - set(seeds)))) for m, s in sorted(seeds_by_model.items()) if s - set(seeds)}
+    extra_text = "".join(f"; {m} also with seed {ks}" for m, ks in extra.items())
+    rows_of = {m: " ".join(sorted({r["row"] for r in seeded if r["model"] == m})) for m in extra}
     extra_command = "".join(
-        f"; seed {' '.join(map(str, ks))} of {m} with `--seeds {' '.join(map(str, ks))} --rows "
-        + " ".join(sorted({k.split('/')[1] for k, r in records.items() if r['model'] == m}))
-        + "` (same other arguments)"
-        for m, ks in extra.items()
+        f"; seed {ks} of {m} with `--seeds {ks} --rows {rows_of[m]}` (same other arguments)" for m, ks in extra.items()
     )
     return (
         f"**Scale.** Every row trains the `{args.preset}` preset with the `{recipe.name}` recipe as the shipped "

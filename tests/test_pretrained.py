@@ -34,6 +34,7 @@ def test_load_pretrained_reads_a_folder_of_shipped_models(tmp_path, monkeypatch)
     for number, steps in ((10, 3), (2, 5), (1, 4)):  # runs in training order, stage10 after stage2
         (folder / f"stage{number}_summary.json").write_text(json.dumps({"steps": steps}))
     assert [r["steps"] for r in pretrained_info("toy-tiny-refshapes", root=tmp_path)["stages"]] == [4, 5, 3, 7]
+    assert pretrained_info("toy-tiny-refshapes", root=tmp_path)["total_steps"] == 19
     monkeypatch.setenv("RISLIB_CHECKPOINTS", str(tmp_path))
     assert available_pretrained() == ["toy-tiny-refshapes"]
     with pytest.raises(KeyError, match="no shipped model 'nope'.*available: \\['toy-tiny-refshapes'\\]"):

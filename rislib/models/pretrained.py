@@ -79,11 +79,13 @@ def _folder(name: str, root: str | os.PathLike | None) -> Path:
 
 
 def pretrained_info(name: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
-    """``{"name", "folder", "summary", "eval", "stages"}`` of a shipped model (the JSON files it came with).
+    """``{"name", "folder", "summary", "eval", "stages", "total_steps", "total_cpu_minutes"}`` of a
+    shipped model (the JSON files it came with).
 
     ``summary`` is the last training run's record; ``stages`` holds every run's, in training
-    order (``stage1_summary.json``, ``stage2_summary.json``, ..., then ``summary.json``), so a
-    model fine-tuned in several runs adds up its steps and minutes over ``stages``.
+    order (``stage1_summary.json``, ``stage2_summary.json``, ..., then ``summary.json``);
+    ``total_steps`` and ``total_cpu_minutes`` add up the steps and the training CPU minutes of
+    all of them (a model fine-tuned in several runs cost their sum, not its last run).
     """
     folder = _folder(name, root)
     info: dict[str, Any] = {"name": name, "folder": str(folder)}
@@ -92,6 +94,8 @@ def pretrained_info(name: str, root: str | os.PathLike | None = None) -> dict[st
         info[key] = json.loads(path.read_text()) if path.is_file() else None
     summaries = (folder / f"{prefix}summary.json" for prefix in stage_prefixes(folder))
     info["stages"] = [json.loads(path.read_text()) for path in summaries if path.is_file()]
+    info["total_steps"] = sum(run.get("steps") or 0 for run in info["stages"])
+    info["total_cpu_minutes"] = sum(run.get("train_cpu_minutes") or 0.0 for run in info["stages"])
     return info
 
 
