@@ -25,6 +25,12 @@ Usage::
 
     python benchmarks/run_ablations.py                   # every row (skips rows already done)
     python benchmarks/run_ablations.py --rows maris-full maris-use_vga-false --force
+    # a second run of some rows, each from its first run's final weights (same seeds, own schedule):
+    python benchmarks/run_ablations.py --seeds 0 1 --rows haris-full haris-use_feedback-false \
+        --model-steps haris=5000 --init-runs runs/ablations --runs runs/ablations_ft ...
+
+Both rows of a claim get the same second run, so the comparison stays at equal budget; the
+records (``train.json``) keep both runs' steps and minutes.
 """
 
 from __future__ import annotations
@@ -92,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-data", default=None, help="an existing RefShapes root to score on (default: --data)")
     p.add_argument("--model-steps", nargs="*", default=[], metavar="MODEL=STEPS",
                    help="per-method steps replacing --steps, e.g. lts=7500 maris=5000")  # fmt: skip
+    p.add_argument("--init-runs", default=None, metavar="DIR",
+                   help="a second run: start every row from <DIR>/seed<k>/<row>/final.pt (the earlier run of the same "
+                   "row and seed, e.g. runs/ablations) with a fresh optimiser and schedule of --model-steps steps; "
+                   "each record adds both runs' steps and minutes")  # fmt: skip
     p.add_argument("--preload", action="store_true",
                    help="decode the training split once (cached in <train-data>/cache) and the test splits in memory")
     p.add_argument("--skip-floor", action="store_true", help="do not score the heuristics (another process does)")
@@ -140,6 +150,8 @@ def setting(args: argparse.Namespace, seed: int | None = None) -> dict[str, Any]
     }
     if args.model_steps:
         out["model_steps"] = dict(sorted(args.model_steps.items()))
+    if args.init_runs:
+        out["init_runs"] = Path(args.init_runs).name
     if args.train_data or args.eval_data:
         out["train_data"] = Path(args.train_data or args.data).name
         out["eval_data"] = Path(args.eval_data or args.data).name
@@ -187,6 +199,7 @@ def run_row(
     torch.manual_seed(seed)
     model = build_model(model_name, args.preset, **{**recipe.model_overrides(), "image_size": args.image_size},
                         **overrides)  # fmt: skip
+    earlier = earlier_run(args, model_name, name, seed, model)
     train = RISDataset(train_source, "train", mode="train", image_size=args.image_size, hflip=recipe.hflip, seed=seed)
     if args.preload:
         train.preload(cache_dir=Path(args.train_data or args.data) / "cache", progress=not args.no_progress)
@@ -226,6 +239,8 @@ def run_row(
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "recipe_source": recipe.source,
+        **({"earlier_run": earlier, "total_steps": earlier["steps"] + steps,
+            "total_train_minutes": round(earlier["train_minutes"] + minutes, 2)} if earlier else {}),
         "device": (
             f"cpu ({platform.machine()}), {torch.get_num_threads()} thread(s)"
             if trainer.device.type == "cpu"
@@ -241,6 +256,37 @@ def run_row(
                        progress=not args.no_progress, out_dir=out, run_info=info)  # fmt: skip
         print(f"  {split}: mIoU {res.metrics['mIoU']:.2f}, oIoU {res.metrics['oIoU']:.2f}", flush=True)
     return True
+
+
+def earlier_run(args: argparse.Namespace, model_name: str, name: str, seed: int, model: Any) -> dict[str, Any] | None:
+    """With ``--init-runs``: load the earlier run's final weights of this row and seed into
+    ``model`` and return what that run was (folder, steps, minutes); ``None`` without it.
+
+    Raises:
+        FileNotFoundError: the earlier run has no ``final.pt`` (not trained, or stopped early).
+    """
+    if not args.init_runs:
+        return None
+    from rislib.checkpoint import load_weights
+    from rislib.models import load_model
+
+    folder = Path(args.init_runs) / f"seed{seed}" / name
+    final = folder / "final.pt"
+    if not final.is_file():
+        raise FileNotFoundError(f"--init-runs: {final} does not exist (expected the final weights of row {name}, "
+                                f"seed {seed}, trained by an earlier run of this script)")  # fmt: skip
+    summary = json.loads((folder / "summary.json").read_text())
+    if summary.get("status") != "completed":
+        raise ValueError(f"--init-runs: {folder / 'summary.json'} field 'status' is {summary.get('status')!r}, "
+                         "expected 'completed' (a second run starts from a finished first run)")  # fmt: skip
+    source = load_model(final, expect=model_name)
+    load_weights(model, source.state_dict(), source=str(final))
+    return {
+        "run": str(folder.resolve().relative_to(ROOT)) if folder.resolve().is_relative_to(ROOT) else str(folder),
+        "steps": int(summary["steps"]),
+        "train_minutes": round(float(summary["train_minutes"]), 2),
+        "samples_per_s": summary.get("samples_per_s"),
+    }
 
 
 def run_floor(args: argparse.Namespace, source: Any) -> None:
@@ -313,7 +359,15 @@ def seeded_scale_paragraph(
 ) -> str:
     """The setting of a study with several training seeds (``--seeds``), from its records."""
     recipe = get_recipe("lts", args.recipe)
-    steps = sorted({(r["model"], r.get("steps")) for r in records.values()})
+    # a method trained in two runs (--init-runs): its first run's steps, then the second's
+    steps = sorted({(r["model"], (r["earlier_run"]["steps"], r["steps"]) if r.get("earlier_run") else r.get("steps"))
+                    for r in records.values()})  # fmt: skip
+    first = [(m, n[0]) if isinstance(n, tuple) else (m, n) for m, n in steps]
+    second = {m: n[1] for m, n in steps if isinstance(n, tuple)}
+    twice = [r for r in records.values() if r.get("earlier_run")]
+    init_dirs = sorted({str(Path(r["earlier_run"]["run"]).parent.parent) for r in twice})
+    second_rows = {m: " ".join(sorted({r["row"] for r in twice if r["model"] == m})) for m in second}
+    second_seeds = {m: " ".join(map(str, sorted({r["seed"] for r in twice if r["model"] == m}))) for m in second}
     ends = [f for f, _ in recipe.size_schedule[1:]] + [1.0]
     schedule = ", then ".join(
         f"{side} px for {'the first' if k == 0 else 'the last' if end == 1.0 else 'the next'} "
@@ -339,7 +393,11 @@ def seeded_scale_paragraph(
         f"models were trained (AdamW, lr {recipe.lr:g}, weight decay {recipe.weight_decay:g}, {recipe.schedule} "
         f"decay after {recipe.warmup_steps} warm-up steps, gradient clipping {recipe.grad_clip:g}, horizontal "
         f"flips, batch {args.batch_size}; {schedule or f'{args.image_size} px'}) for "
-        + ", ".join(f"{n:,} steps ({m})" for m, n in steps)
+        + ", ".join(
+            f"{n[0]:,} + {n[1]:,} steps ({m}: a second run of the recipe, with its own warm-up and cosine decay, "
+            "from the first run's final weights)" if isinstance(n, tuple) else f"{n:,} steps ({m})"
+            for m, n in steps
+        )
         + f" on the {Path(args.train_data or args.data).name} training split, once per training seed "
         f"({', '.join(str(k) for k in seeds)}{extra_text}), and is scored on the test splits of "
         f"{Path(args.eval_data or args.data).name} with the original-resolution protocol. Ran on "
@@ -351,8 +409,14 @@ def seeded_scale_paragraph(
         "--testC 1000`, then run `python benchmarks/run_ablations.py "
         "--train-data data/refshapes128 --eval-data data/refshapes256eval --image-size "
         f"{args.image_size} --batch-size {args.batch_size} --seeds {' '.join(str(k) for k in seeds)} "
-        f"--model-steps {' '.join(f'{m}={n}' for m, n in steps)} --preload --rows ROW ... --out {args.out}` "
-        f"(one process per core; `--skip-floor` in all but one){extra_command}."
+        f"--model-steps {' '.join(f'{m}={n}' for m, n in first)} --preload --rows ROW ... --out {args.out}` "
+        f"(one process per core; `--skip-floor` in all but one){extra_command}"
+        + "".join(
+            f"; then the second run of {m} with `--seeds {second_seeds[m]} --rows {second_rows[m]} --model-steps "
+            f"{m}={n} --init-runs {' '.join(init_dirs)} --runs runs/ablations_ft --skip-floor` (same other arguments)"
+            for m, n in second.items()
+        )
+        + "."
     )
 
 
@@ -405,7 +469,7 @@ def write_summary(args: argparse.Namespace) -> Path:
     shared = setting(args)
     records = sorted([*out.glob("*/train.json"), *out.glob("seed*/*/train.json")])
     train_records = {str(p.parent.relative_to(out)): json.loads(p.read_text()) for p in records}
-    minutes = sum(r["train_minutes"] for r in train_records.values())
+    minutes = sum(r.get("total_train_minutes", r["train_minutes"]) for r in train_records.values())
     eval_minutes = sum(float(r.info.get("seconds") or 0.0) for r in results) / 60
     devices = sorted({str(r.get("device")) for r in train_records.values()})
     cpu_scale = shared["recipe"] == "cpu" and all(d.startswith("cpu") for d in devices)
@@ -454,16 +518,22 @@ def write_summary(args: argparse.Namespace) -> Path:
         "",
         "## Training records",
         "",
-        "| run | parameters | minutes | samples/s | first loss | last loss |",
-        "|---|---|---|---|---|---|",
+        "Steps and minutes of a row trained in two runs are both runs' (first + second); samples/s and the losses "
+        "are the second run's.",
+        "",
+        "| run | parameters | steps | minutes | samples/s | first loss | last loss |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in train_records.items():
         sps = r.get("samples_per_s")
+        early = r.get("earlier_run")
+        steps = f"{early['steps']:,} + {r['steps']:,}" if early else f"{r['steps']:,}"
+        mins = f"{early['train_minutes']:.1f} + {r['train_minutes']:.1f}" if early else f"{r['train_minutes']:.1f}"
         lines.append(
-            f"| {name} | {r['parameters'] / 1e6:.2f} M | {r['train_minutes']:.1f} | "
+            f"| {name} | {r['parameters'] / 1e6:.2f} M | {steps} | {mins} | "
             f"{sps:.1f} | {r['first_loss']:.3f} | {r['last_loss']:.3f} |"
             if sps is not None and r["first_loss"] is not None
-            else f"| {name} | {r['parameters'] / 1e6:.2f} M | {r['train_minutes']:.1f} | – | – | – |"
+            else f"| {name} | {r['parameters'] / 1e6:.2f} M | {steps} | {mins} | – | – | – |"
         )
     lines.append("")
     path = out / "summary.md"
