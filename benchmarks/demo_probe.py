@@ -29,9 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rislib.data import RISDataset, open_source  # noqa: E402
-from rislib.demo import EVAL_SPLITS, train_for_budget  # noqa: E402
+from rislib.demo import DEMO_IMAGE_SIZE, EVAL_SPLITS, demo_recipe, train_for_budget  # noqa: E402
 from rislib.engine.evaluator import evaluate  # noqa: E402
-from rislib.engine.recipes import get_recipe  # noqa: E402
 from rislib.engine.train_cli import parse_assignments  # noqa: E402
 
 
@@ -52,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo_probe")
     p.add_argument("--batch-size", type=int, default=None, help="default: the cpu recipe's")
     p.add_argument("--lr", type=float, default=None, help="default: the cpu recipe's")
+    p.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE,
+                   help=f"network input side (the demo's: {DEMO_IMAGE_SIZE}; the probes before 2026-12-07 ran at "
+                   "128, the cpu recipe's)")  # fmt: skip
     p.add_argument("--size-schedule", type=parse_schedule, default=None, metavar="F:SIDE,...")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="model-config override")
     p.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE",
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         changes["lr"] = a.lr
     if a.size_schedule:
         changes["size_schedule"] = a.size_schedule
-    recipe = dataclasses.replace(get_recipe(a.model, "cpu"), **changes)
+    recipe = dataclasses.replace(demo_recipe(a.model, a.image_size), **changes)
     try:
         overrides, train_overrides = parse_assignments(a.set, "--set"), parse_assignments(a.train, "--train")
     except ValueError as e:
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     size = model.config.image_size
     train_images = len(source.image_ids(split="train"))
     row = {"name": a.name, "model": a.model, "data": str(a.data), "train_images": train_images,
-           "changes": {**changes, **overrides, **train_overrides}, "steps": summary["steps"],
+           "image_size": size, "changes": {**changes, **overrides, **train_overrides}, "steps": summary["steps"],
            "total_steps": summary["total_steps"], "train_minutes": round(summary["train_minutes"], 2),
            "samples_per_s": round(summary["samples_per_s"], 1)}  # fmt: skip
     for split in EVAL_SPLITS:

@@ -3,8 +3,9 @@
 1. generates a small RefShapes (4,000 train / 100 val / 100 testA, testB, testC images at
    128 px, about half a minute) into ``data/refshapes_demo``, once (later runs reuse it);
 2. trains the ``tiny`` preset of a method (``--model``, default ``lts``) on the CPU with
-   the ``cpu`` recipe (most steps at 64 px, the last 40% at 128 px) for at most
-   ``--max-minutes`` (5), with a progress bar; the number of steps is sized to the budget
+   the ``cpu`` recipe at a smaller network side (:func:`demo_recipe`: 64 px for the first 60%
+   of the steps, then 96 px, where the recipe's own runs finish at 128; ``--image-size``) for
+   at most ``--max-minutes`` (5), with a progress bar; the number of steps is sized to the budget
    from a short timing at both sides first, so the learning-rate schedule runs to its end;
    an earlier demo run in ``runs/demo/<model>_<preset>`` is moved aside (to
    ``<model>_<preset>.replaced-<time>``), never deleted;
@@ -22,19 +23,27 @@ Why LTS: five-minute runs of the demo's training with one change each
 put LTS at val 38.3-39.5 mIoU and xattn at 37.1-37.6, with LTS far ahead on testA (attribute
 words: 33 against 26-29); batch 32 or 8 (8: val 34.9), a longer or shorter 64 px phase, a higher learning rate,
 three times the training images (12,000: val 39.2) and an EMA of the weights (val 38.0 with and
-without, at equal steps) did not help. No variant reached val 40 in
-five minutes: the task needs longer runs, and the shipped models show what a longer run of the
-same recipe reaches (``benchmarks/checkpoints/README.md``).
+without, at equal steps) did not help (all at 128 px). Five minutes stay short of what the task
+needs: the shipped models show what a longer run of the same recipe reaches
+(``benchmarks/checkpoints/README.md``).
 
-Measured on 2026-12-05 (2 CPU cores, ``make demo``, 6.1 minutes in all): 2,434 steps in five
+Why 96 px: a step at 96 px costs a little over half of one at 128, so five minutes hold about 40% more
+steps (2,860-2,980 against 2,020-2,220 on the same machine), and predictions at 96 px upsampled
+to the data's 128 lose little. Paired five-minute runs of LTS (2026-12-07, ``demo_probes.json``):
+val 41.6 against 36.6 with seed 0, 39.3 and 38.0 (two step counts) against 37.3 with seed 1.
+
+Measured on 2026-12-05 (2 CPU cores, ``make demo``, 6.1 minutes in all, at 128 px): 2,434 steps in five
 minutes reach val 39.0 mIoU (testA 32.9, testB 38.7, testC 36.9) against about 21 for the best
 expression-blind heuristic; xattn, the earlier default, reached val 37.1 (testA 25.9). Rerun on
 2026-12-06 (6.5 minutes in all): 2,156 steps, val 38.8 (testA 32.8, testB 38.1, testC 36.3).
+At 96 px on 2026-12-07 (6.5 minutes in all): 2,802 steps, val 40.9 (testA 32.7, testB 39.4,
+testC 35.7).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -55,12 +64,16 @@ __all__ = [
     "metrics_table",
     "estimate_steps",
     "train_for_budget",
+    "demo_recipe",
+    "DEMO_IMAGE_SIZE",
 ]
 
 DEMO_COUNTS = {"train": 4000, "val": 100, "testA": 100, "testB": 100, "testC": 100}
 EVAL_SPLITS = ("val", "testA", "testB", "testC")
 TABLE_KEYS = ("n", "oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9")
 DEMO_MAX_STEPS = 20_000  # the time budget decides; this only bounds a very fast machine
+#: The network's input side in the demo: 96 px, below the data's 128 (see the module docstring).
+DEMO_IMAGE_SIZE = 96
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +83,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="model preset (default tiny)")
     p.add_argument("--data", default="data/refshapes_demo", help="RefShapes root, generated when missing")
     p.add_argument("--size", type=int, default=128, help="image side of the generated RefShapes")
+    p.add_argument("--image-size", type=int, default=None,
+                   help=f"network input side (default {DEMO_IMAGE_SIZE}, or --size when smaller): 64 px for the "
+                   "first 60%% of the steps, then this side; predictions are scored at the data's size")  # fmt: skip
     p.add_argument("--counts", default=None, metavar="SPLIT=N,...",
                    help="images per split when generating (default: 4000 train, 100 in each other split)")  # fmt: skip
     p.add_argument("--out", default="runs/demo", help="run folder (a sub-folder per method)")
@@ -249,7 +265,6 @@ def estimate_steps(
     ``benchmarks/results/cpu_regime/demo_probes.json``). At least 20 steps.
     """
     import copy
-    import dataclasses
     import statistics
 
     import torch.nn.functional as F
@@ -330,6 +345,17 @@ def train_for_budget(
     return trainer.eval_model.eval(), summary
 
 
+def demo_recipe(model_name: str, side: int = DEMO_IMAGE_SIZE) -> Any:
+    """The ``cpu`` recipe of ``model_name`` as the demo runs it: 64 px for the first 60% of the
+    steps, then ``side`` (the network's input side; the recipe's own is 128), or ``side`` all
+    along when it is 64 or less."""
+    from .engine.recipes import get_recipe
+
+    recipe = get_recipe(model_name, "cpu")
+    schedule = ((0.0, 64), (0.6, side)) if side > 64 else ()
+    return dataclasses.replace(recipe, image_size=side, size_schedule=schedule)
+
+
 # ---- the command ------------------------------------------------------------------------------
 def _free_threads() -> int:
     """torch's default thread count, lowered to the cores other processes leave free.
@@ -389,7 +415,6 @@ def main(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     from .data import RISDataset, open_source
-    from .engine.recipes import get_recipe
     from .engine.train_cli import ensure_refshapes, parse_counts
     from .models import available_pretrained, load_pretrained
     from .viz import apply_style
@@ -408,7 +433,9 @@ def main(args: argparse.Namespace) -> int:
 
     # ---- train --------------------------------------------------------------------------
     run = Path(args.out) / f"{args.model}_{args.preset}"
-    model, s = train_for_budget(args.model, args.preset, source, recipe=get_recipe(args.model, "cpu"), out_dir=run,
+    side = args.image_size or min(DEMO_IMAGE_SIZE, args.size)
+    recipe = demo_recipe(args.model, side)
+    model, s = train_for_budget(args.model, args.preset, source, recipe=recipe, out_dir=run,
                                 minutes=args.max_minutes, steps=args.steps, seed=args.seed,
                                 progress=not args.no_progress)  # fmt: skip
     size = model.config.image_size

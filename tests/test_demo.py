@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rislib import demo
+from rislib.engine.recipes import get_recipe
 from rislib.models import build_model, save_model
 
 
@@ -48,6 +49,7 @@ def test_demo_runs_end_to_end_and_evaluates_a_shipped_checkpoint(tmp_path, capsy
     summary = json.loads((run / "demo_summary.json").read_text())
     assert summary["train"]["steps"] == 3 and len(summary["metrics"]) == 8
     assert (run / "final.pt").is_file() and (run / "curves.png").is_file()
+    assert json.loads((run / "config.json").read_text())["model_config"]["image_size"] == 64  # --size 64 < 96
     # later runs reuse the generated data
     from rislib.engine.train_cli import ensure_refshapes
 
@@ -99,6 +101,15 @@ def test_estimate_steps_fits_the_budget_between_bounds():
     # timed in channels-last as the recipe trains; the model itself keeps its layout
     assert demo.estimate_steps(model, items, minutes=1e6, channels_last=True, **sized) == 500
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_demo_recipe_trains_at_64_px_then_at_the_demo_side():
+    recipe = demo.demo_recipe("lts")
+    assert recipe.image_size == demo.DEMO_IMAGE_SIZE == 96 and recipe.model_overrides()["image_size"] == 96
+    assert recipe.size_schedule == ((0.0, 64), (0.6, 96))
+    assert recipe.lr == get_recipe("lts", "cpu").lr and recipe.channels_last == get_recipe("lts", "cpu").channels_last
+    small = demo.demo_recipe("xattn", 64)
+    assert small.image_size == 64 and small.size_schedule == ()
 
 
 def test_demo_probe_parses_its_schedule_and_names_a_missing_data_root(tmp_path, capsys):
