@@ -51,6 +51,7 @@ from rislib.engine.evaluator import evaluate
 from rislib.engine.heuristics import available as heuristic_names
 from rislib.engine.heuristics import build_heuristic
 from rislib.engine.recipes import get_recipe
+from rislib.engine.train_cli import init_weights
 from rislib.engine.trainer import Trainer
 from rislib.models import build_model
 from rislib.tables.ablations import (
@@ -267,9 +268,6 @@ def earlier_run(args: argparse.Namespace, model_name: str, name: str, seed: int,
     """
     if not args.init_runs:
         return None
-    from rislib.checkpoint import load_weights
-    from rislib.models import load_model
-
     folder = Path(args.init_runs) / f"seed{seed}" / name
     final = folder / "final.pt"
     if not final.is_file():
@@ -279,8 +277,7 @@ def earlier_run(args: argparse.Namespace, model_name: str, name: str, seed: int,
     if summary.get("status") != "completed":
         raise ValueError(f"--init-runs: {folder / 'summary.json'} field 'status' is {summary.get('status')!r}, "
                          "expected 'completed' (a second run starts from a finished first run)")  # fmt: skip
-    source = load_model(final, expect=model_name)
-    load_weights(model, source.state_dict(), source=str(final))
+    init_weights(model, final, expect=model_name)
     return {
         "run": str(folder.resolve().relative_to(ROOT)) if folder.resolve().is_relative_to(ROOT) else str(folder),
         "steps": int(summary["steps"]),
@@ -359,12 +356,11 @@ def seeded_scale_paragraph(
 ) -> str:
     """The setting of a study with several training seeds (``--seeds``), from its records."""
     recipe = get_recipe("lts", args.recipe)
-    # a method trained in two runs (--init-runs): its first run's steps, then the second's
-    steps = sorted({(r["model"], (r["earlier_run"]["steps"], r["steps"]) if r.get("earlier_run") else r.get("steps"))
-                    for r in records.values()})  # fmt: skip
-    first = [(m, n[0]) if isinstance(n, tuple) else (m, n) for m, n in steps]
-    second = {m: n[1] for m, n in steps if isinstance(n, tuple)}
+    # a method trained in two runs (--init-runs): its first run's steps here, the second's in `second`
     twice = [r for r in records.values() if r.get("earlier_run")]
+    first = sorted({(r["model"], r["earlier_run"]["steps"] if r.get("earlier_run") else r["steps"])
+                    for r in records.values()})  # fmt: skip
+    second = {r["model"]: r["steps"] for r in twice}
     init_dirs = sorted({str(Path(r["earlier_run"]["run"]).parent.parent) for r in twice})
     second_rows = {m: " ".join(sorted({r["row"] for r in twice if r["model"] == m})) for m in second}
     second_seeds = {m: " ".join(map(str, sorted({r["seed"] for r in twice if r["model"] == m}))) for m in second}
@@ -394,9 +390,9 @@ def seeded_scale_paragraph(
         f"decay after {recipe.warmup_steps} warm-up steps, gradient clipping {recipe.grad_clip:g}, horizontal "
         f"flips, batch {args.batch_size}; {schedule or f'{args.image_size} px'}) for "
         + ", ".join(
-            f"{n[0]:,} + {n[1]:,} steps ({m}: a second run of the recipe, with its own warm-up and cosine decay, "
-            "from the first run's final weights)" if isinstance(n, tuple) else f"{n:,} steps ({m})"
-            for m, n in steps
+            f"{n:,} + {second[m]:,} steps ({m}: a second run of the recipe, with its own warm-up and cosine decay, "
+            "from the first run's final weights)" if m in second else f"{n:,} steps ({m})"
+            for m, n in first
         )
         + f" on the {Path(args.train_data or args.data).name} training split, once per training seed "
         f"({', '.join(str(k) for k in seeds)}{extra_text}), and is scored on the test splits of "

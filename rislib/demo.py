@@ -346,14 +346,17 @@ def train_for_budget(
 
 
 def demo_recipe(model_name: str, side: int = DEMO_IMAGE_SIZE) -> Any:
-    """The ``cpu`` recipe of ``model_name`` as the demo runs it: 64 px for the first 60% of the
-    steps, then ``side`` (the network's input side; the recipe's own is 128), or ``side`` all
-    along when it is 64 or less."""
+    """The ``cpu`` recipe of ``model_name`` with the network's input side ``side`` (the recipe's
+    own is 128): its resolution schedule with every side capped at ``side`` (64 px for the first
+    60% of the steps, then ``side``), or ``side`` all along when that leaves one side."""
     from .engine.recipes import get_recipe
 
     recipe = get_recipe(model_name, "cpu")
-    schedule = ((0.0, 64), (0.6, side)) if side > 64 else ()
-    return dataclasses.replace(recipe, image_size=side, size_schedule=schedule)
+    schedule: list[tuple[float, int]] = []
+    for fraction, phase_side in recipe.size_schedule:
+        if not schedule or min(phase_side, side) != schedule[-1][1]:
+            schedule.append((fraction, min(phase_side, side)))
+    return dataclasses.replace(recipe, image_size=side, size_schedule=tuple(schedule) if len(schedule) > 1 else ())
 
 
 # ---- the command ------------------------------------------------------------------------------
