@@ -76,6 +76,8 @@ def test_bench_records_gflops_ratio_against_the_reference(tmp_path):
     (row,) = rec["results"]
     ref = row["reference"]
     assert row["image_size"] == 32 and row["side"] == "fast" and len(row["gflops_ratio_rounds"]) == 2
+    # the toy is not in CHANNELS_LAST_ON_CPU: it trains NCHW, its yardstick channels-last
+    assert (row["options"]["channels_last"], row["options"]["reference_channels_last"]) == (False, True)
     assert row["train_gflops_per_s"] == pytest.approx(row["train_flops_per_sample"] * row["train_samples_per_s"] / 1e9)
     assert ref["train_flops_per_sample"] == pytest.approx(row["train_flops_per_sample"], rel=0.5)
     ratios = [
@@ -86,3 +88,18 @@ def test_bench_records_gflops_ratio_against_the_reference(tmp_path):
     path = write_result(rec, tmp_path)
     assert path.with_suffix(".png").is_file()
     assert json.loads(path.read_text())["results"][0]["gflops_ratio"] == pytest.approx(row["gflops_ratio"])
+
+
+def test_fast_side_layout_follows_the_cpu_recipe_unless_forced():
+    from rislib.engine.bench_cli import channels_last_for
+    from rislib.engine.recipes import CHANNELS_LAST_ON_CPU
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert "lts" in CHANNELS_LAST_ON_CPU and "haris" not in CHANNELS_LAST_ON_CPU
+    assert channels_last_for("recipe", "lts", cpu) == (True, True)
+    assert channels_last_for("recipe", "haris", cpu) == (False, True)
+    assert channels_last_for("recipe", "haris", cuda) == (True, True)
+    assert channels_last_for("on", "haris", cpu) == (True, True)
+    assert channels_last_for(False, "lts", cpu) == (False, False)
+    with pytest.raises(ValueError, match="channels_last"):
+        channels_last_for("nhwc", "lts", cpu)

@@ -11,8 +11,11 @@ the *same* model on the *same* batches with the trainer's own
   fused AdamW, channels-last tensors and, with ``--compile``, ``torch.compile``. On the CPU
   bf16 autocast is left out (most CPUs have no bf16 units, so it slows training down): the
   fast path keeps fp32 and differs from ``plain`` only by the fused CPU attention kernel,
-  the fused CPU AdamW and channels-last (and ``--compile`` if asked). The JSON records the
-  exact options of each side.
+  the fused CPU AdamW and the memory layout the method's ``cpu`` recipe trains in
+  (channels-last for :data:`~rislib.engine.recipes.CHANNELS_LAST_ON_CPU`, NCHW for the
+  others; ``--channels-last on|off`` forces one layout), and ``--compile`` if asked. The
+  reference network runs channels-last on the fast side (its faster layout) unless
+  ``--channels-last off``. The JSON records the exact options of each side.
 
 **Achieved GFLOP/s against a yardstick.** The FLOPs of one training step (matmuls,
 convolutions and attention, forward and backward; :mod:`rislib.engine.flops`) are counted
@@ -70,6 +73,8 @@ __all__ = [
     "format_table",
     "plot_ratios",
     "TARGET_RATIO",
+    "CHANNELS_LAST_MODES",
+    "channels_last_for",
 ]
 
 TARGET_RATIO = 0.6  # model GFLOP/s / reference GFLOP/s that every method should reach
@@ -104,16 +109,41 @@ def device_slug(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
-def _options(side: str, device: torch.device, compile_: bool, channels_last: bool) -> dict[str, Any]:
+CHANNELS_LAST_MODES = ("recipe", "on", "off")
+
+
+def channels_last_for(mode: str | bool, model_name: str, device: torch.device) -> tuple[bool, bool]:
+    """``(model, reference)``: whether each trains channels-last on the fast side.
+
+    ``mode``: ``"recipe"`` (default) uses the layout the project trains the method in: always
+    channels-last on CUDA; on the CPU only the methods of
+    :data:`~rislib.engine.recipes.CHANNELS_LAST_ON_CPU` (measured faster there; for the others,
+    e.g. HARIS at 64 px, GroupNorm and the token/map reshapes ran slower in NHWC). ``"on"`` /
+    ``"off"`` (or ``True`` / ``False``) force one layout for every model. The reference network
+    runs channels-last unless ``mode`` is ``"off"``.
+    """
+    from .recipes import CHANNELS_LAST_ON_CPU
+
+    if isinstance(mode, bool):
+        mode = "on" if mode else "off"
+    if mode not in CHANNELS_LAST_MODES:
+        raise ValueError(f"channels_last: expected one of {CHANNELS_LAST_MODES}, got {mode!r}")
+    if mode == "recipe":
+        return device.type == "cuda" or model_name in CHANNELS_LAST_ON_CPU, True
+    return mode == "on", mode == "on"
+
+
+def _options(side: str, device: torch.device, compile_: bool, channels_last: tuple[bool, bool]) -> dict[str, Any]:
     cuda = device.type == "cuda"
     if side == "plain":
         return {"precision": "fp32", "attention": "sdpa math (explicit softmax)", "optimizer": "AdamW (default)",
-                "channels_last": False, "compile": False}  # fmt: skip
+                "channels_last": False, "reference_channels_last": False, "compile": False}  # fmt: skip
     return {
         "precision": "bf16 autocast" if cuda else "fp32",
         "attention": "sdpa fused (flash / memory-efficient)" if cuda else "sdpa fused CPU kernel",
         "optimizer": "AdamW fused",
-        "channels_last": channels_last,
+        "channels_last": channels_last[0],
+        "reference_channels_last": channels_last[1],
         "compile": compile_,
     }
 
@@ -176,7 +206,8 @@ def _measure(build: Callable[[], Any], *, side: str, device: torch.device, batch
 
 def run_benchmark(
     models: list[str], *, preset: str = "tiny", batch_size: int = 16, steps: int = 10, warmup: int = 3,
-    rounds: int = 2, device: str = "auto", compile_: bool = False, channels_last: bool = True, infer: bool = True,
+    rounds: int = 2, device: str = "auto", compile_: bool = False, channels_last: str | bool = "recipe",
+    infer: bool = True,
     seed: int = 0, progress: bool = True, sizes: Sequence[int] | None = None, sides: Sequence[str] = ("plain", "fast"),
     reference: bool = True, overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
@@ -186,6 +217,8 @@ def run_benchmark(
     the preset's). ``sides``: ``"plain"`` and/or ``"fast"``. ``reference``: also train the
     FLOP-matched :class:`~rislib.engine.reference_net.ReferenceNet` next to each model.
     ``overrides``: config fields applied to every model (rows are labelled ``name[key=value]``).
+    ``channels_last``: the fast side's memory layout, ``"recipe"``, ``"on"`` or ``"off"``
+    (:func:`channels_last_for`).
     """
     from ..models import get_config
     from .distributed import resolve_device
@@ -194,6 +227,7 @@ def run_benchmark(
     if bad or not sides:
         raise ValueError(f"run_benchmark: sides must be 'plain' and/or 'fast', got {list(sides)}")
     dev = resolve_device(device)
+    channels_last_for(channels_last, "", dev)  # validates the mode before anything runs
     load_start = _load_average()
     sides = tuple(dict.fromkeys(sides))
     overrides = dict(overrides or {})
@@ -212,7 +246,8 @@ def run_benchmark(
         width = fits[name, size].width if reference else 0
         row = _row(runs, image_size=size, batch_size=batch_size, infer=infer, reference_width=width)
         row = {"model": name, "label": name + suffix, "overrides": overrides, "preset": preset, "side": side,
-               "options": _options(side, dev, compile_, channels_last), **row}  # fmt: skip
+               "options": _options(side, dev, compile_, channels_last_for(channels_last, name, dev)),
+               **row}  # fmt: skip
         rows.append(row)
     settings = {"preset": preset, "batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
                 "compile": compile_, "channels_last": channels_last, "seed": seed,
@@ -240,9 +275,11 @@ def _run_jobs(
         batch = synthetic_batch(batch_size, size, seed)
         key = (name, size, side)
         # the first round of each side counts the FLOPs
-        opts = dict(side=side, batch=batch, count_flops=key not in per, **common)
+        layout = dict(common)
+        cl_model, cl_reference = channels_last_for(layout.pop("channels_last"), name, layout["device"])
+        opts = dict(side=side, batch=batch, count_flops=key not in per, **layout)
         build = partial(build_model, name, preset, image_size=size, **overrides)
-        run_model = partial(_measure, build, infer=infer, **opts)
+        run_model = partial(_measure, build, infer=infer, channels_last=cl_model, **opts)
         if not reference:
             result = {"model": run_model()}
         elif (name, size) not in fits or r % 2 == 0:  # model first (it sizes the reference), then the reference
@@ -250,10 +287,10 @@ def _run_jobs(
             if (name, size) not in fits:
                 fits[(name, size)] = fit_reference_width(got["train_flops_per_step"] / batch_size, size)
             build_ref = partial(ReferenceNet, fits[(name, size)].width, image_size=size)
-            result = {"model": got, "reference": _measure(build_ref, infer=False, **opts)}
+            result = {"model": got, "reference": _measure(build_ref, infer=False, channels_last=cl_reference, **opts)}
         else:  # odd rounds: the reference first, so slow drifts of the machine's load cancel
             build_ref = partial(ReferenceNet, fits[(name, size)].width, image_size=size)
-            ref = _measure(build_ref, infer=False, **opts)
+            ref = _measure(build_ref, infer=False, channels_last=cl_reference, **opts)
             result = {"model": run_model(), "reference": ref}
         per.setdefault(key, []).append(result)
     return per, fits
@@ -454,7 +491,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating plain/fast rounds (median reported)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile on the fast side")
-    parser.add_argument("--no-channels-last", action="store_true", help="keep NCHW on the fast side")
+    parser.add_argument("--channels-last", choices=CHANNELS_LAST_MODES, default="recipe",
+                        help="memory layout on the fast side: the method's cpu recipe's on the CPU (default; "
+                             "channels-last on CUDA), or on / off for every model")  # fmt: skip
+    parser.add_argument("--no-channels-last", action="store_true", help="the same as --channels-last off")
     parser.add_argument("--no-infer", action="store_true", help="skip the inference measurement")
     parser.add_argument("--no-reference", action="store_true", help="skip the FLOP-matched reference network")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -475,7 +515,8 @@ def main(args: argparse.Namespace) -> int:
     models = args.models or [m for m in available() if not m.startswith("_")]
     record = run_benchmark(
         models, preset=args.preset, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-        rounds=args.rounds, device=args.device, compile_=args.compile, channels_last=not args.no_channels_last,
+        rounds=args.rounds, device=args.device, compile_=args.compile,
+        channels_last="off" if args.no_channels_last else args.channels_last,
         infer=not args.no_infer, progress=not args.no_progress, sizes=args.sizes, sides=args.sides,
         reference=not args.no_reference, overrides=parse_assignments(args.set),
     )  # fmt: skip
