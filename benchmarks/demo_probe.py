@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     model, summary = train_for_budget(a.model, a.preset, source, recipe=recipe, out_dir=out / a.name,
                                       minutes=a.minutes, steps=a.steps, seed=a.seed, progress=False,
                                       model_overrides=overrides, train_overrides=train_overrides,
-                                      command=" ".join(sys.argv))  # fmt: skip
+                                      command=" ".join(sys.argv), cache_dir=Path(a.data) / "cache")  # fmt: skip
     size = model.config.image_size
     train_images = len(source.image_ids(split="train"))
     row = {"name": a.name, "model": a.model, "data": str(a.data), "train_images": train_images,

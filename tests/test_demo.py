@@ -50,6 +50,9 @@ def test_demo_runs_end_to_end_and_evaluates_a_shipped_checkpoint(tmp_path, capsy
     assert summary["train"]["steps"] == 3 and len(summary["metrics"]) == 8
     assert (run / "final.pt").is_file() and (run / "curves.png").is_file()
     assert json.loads((run / "config.json").read_text())["model_config"]["image_size"] == 64  # --size 64 < 96
+    # the training split was decoded into memory once, and saved for the next run
+    cached = [p.name.split("_")[:3] for p in (tmp_path / "data" / "cache").glob("*.npz")]
+    assert cached == [["refshapes", "train", "64px"]]
     # later runs reuse the generated data
     from rislib.engine.train_cli import ensure_refshapes
 
