@@ -116,20 +116,20 @@ def channels_last_for(mode: str | bool, model_name: str, device: torch.device) -
     """``(model, reference)``: whether each trains channels-last on the fast side.
 
     ``mode``: ``"recipe"`` (default) uses the layout the project trains the method in: always
-    channels-last on CUDA; on the CPU only the methods of
-    :data:`~rislib.engine.recipes.CHANNELS_LAST_ON_CPU` (measured faster there; for the others,
+    channels-last on CUDA; on the CPU the ``channels_last`` of the method's ``cpu`` recipe
+    (:data:`~rislib.engine.recipes.CHANNELS_LAST_ON_CPU`: measured faster there; for the others,
     e.g. HARIS at 64 px, GroupNorm and the token/map reshapes ran slower in NHWC). ``"on"`` /
     ``"off"`` (or ``True`` / ``False``) force one layout for every model. The reference network
     runs channels-last unless ``mode`` is ``"off"``.
     """
-    from .recipes import CHANNELS_LAST_ON_CPU
+    from .recipes import get_recipe
 
     if isinstance(mode, bool):
         mode = "on" if mode else "off"
     if mode not in CHANNELS_LAST_MODES:
         raise ValueError(f"channels_last: expected one of {CHANNELS_LAST_MODES}, got {mode!r}")
     if mode == "recipe":
-        return device.type == "cuda" or model_name in CHANNELS_LAST_ON_CPU, True
+        return device.type == "cuda" or get_recipe(model_name, "cpu").channels_last, True
     return mode == "on", mode == "on"
 
 
@@ -227,7 +227,7 @@ def run_benchmark(
     if bad or not sides:
         raise ValueError(f"run_benchmark: sides must be 'plain' and/or 'fast', got {list(sides)}")
     dev = resolve_device(device)
-    channels_last_for(channels_last, "", dev)  # validates the mode before anything runs
+    layouts = {m: channels_last_for(channels_last, m, dev) for m in models}  # (model, reference) per method
     load_start = _load_average()
     sides = tuple(dict.fromkeys(sides))
     overrides = dict(overrides or {})
@@ -237,17 +237,16 @@ def run_benchmark(
             for r in range(rounds):
                 for side in sides if r % 2 == 0 else sides[::-1]:
                     jobs.append((m, int(size), r, side))
-    common = dict(device=dev, steps=steps, warmup=warmup, compile_=compile_, channels_last=channels_last, seed=seed)
+    common = dict(device=dev, steps=steps, warmup=warmup, compile_=compile_, seed=seed)
     per, fits = _run_jobs(jobs, preset=preset, batch_size=batch_size, seed=seed, infer=infer, reference=reference,
-                          overrides=overrides, progress=progress, common=common)  # fmt: skip
+                          overrides=overrides, progress=progress, common=common, layouts=layouts)  # fmt: skip
     suffix = "[" + ",".join(f"{k}={v}" for k, v in overrides.items()) + "]" if overrides else ""
     rows = []
     for (name, size, side), runs in per.items():
         width = fits[name, size].width if reference else 0
         row = _row(runs, image_size=size, batch_size=batch_size, infer=infer, reference_width=width)
         row = {"model": name, "label": name + suffix, "overrides": overrides, "preset": preset, "side": side,
-               "options": _options(side, dev, compile_, channels_last_for(channels_last, name, dev)),
-               **row}  # fmt: skip
+               "options": _options(side, dev, compile_, layouts[name]), **row}  # fmt: skip
         rows.append(row)
     settings = {"preset": preset, "batch_size": batch_size, "steps": steps, "warmup": warmup, "rounds": rounds,
                 "compile": compile_, "channels_last": channels_last, "seed": seed,
@@ -258,10 +257,11 @@ def run_benchmark(
 
 def _run_jobs(
     jobs: list[tuple[str, int, int, str]], *, preset: str, batch_size: int, seed: int, infer: bool, reference: bool,
-    overrides: dict[str, Any], progress: bool, common: dict[str, Any],
+    overrides: dict[str, Any], progress: bool, common: dict[str, Any], layouts: dict[str, tuple[bool, bool]],
 ) -> tuple[dict[tuple[str, int, str], list[dict[str, Any]]], dict[tuple[str, int], Any]]:  # fmt: skip
     """Measure every ``(model, size, round, side)`` job (and its FLOP-matched reference); the runs
-    per ``(model, size, side)`` and the reference fitted per ``(model, size)``."""
+    per ``(model, size, side)`` and the reference fitted per ``(model, size)``. ``layouts``: the
+    fast side's channels-last ``(model, reference)`` per method (:func:`channels_last_for`)."""
     from tqdm.auto import tqdm
 
     from ..models import build_model
@@ -275,9 +275,8 @@ def _run_jobs(
         batch = synthetic_batch(batch_size, size, seed)
         key = (name, size, side)
         # the first round of each side counts the FLOPs
-        layout = dict(common)
-        cl_model, cl_reference = channels_last_for(layout.pop("channels_last"), name, layout["device"])
-        opts = dict(side=side, batch=batch, count_flops=key not in per, **layout)
+        cl_model, cl_reference = layouts[name]
+        opts = dict(side=side, batch=batch, count_flops=key not in per, **common)
         build = partial(build_model, name, preset, image_size=size, **overrides)
         run_model = partial(_measure, build, infer=infer, channels_last=cl_model, **opts)
         if not reference:
