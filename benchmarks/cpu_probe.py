@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 
-from rislib.data import RISDataset, open_source
+from rislib.data import RISDataset, open_source, preload_cache_dir
 from rislib.engine.evaluator import evaluate
 from rislib.engine.recipes import get_recipe
 from rislib.engine.train_cli import parse_assignments
@@ -59,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(a.model, a.preset, **{"image_size": a.size, **parse_assignments(a.set)})
     train_src = open_source(a.train_data, "refshapes")
     train = RISDataset(train_src, "train", mode="train", image_size=a.size, hflip=True, seed=a.seed)
-    train.preload(cache_dir=Path(a.train_data) / "cache", progress=False)
+    train.preload(cache_dir=preload_cache_dir(a.train_data), progress=False)
     val = RISDataset(open_source(a.val_data, "refshapes"), "val", mode="eval", image_size=a.size)
-    val.preload(cache_dir=Path(a.val_data) / "cache", progress=False)
+    val.preload(cache_dir=preload_cache_dir(a.val_data), progress=False)
 
     def validate(model, dataset, *, batch_size, out_dir, run_info):
         return evaluate(model, dataset, batch_size=64, run_info=run_info, progress=False, limit=a.val_limit)

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rislib.data import RISDataset, open_source  # noqa: E402
+from rislib.data import RISDataset, open_source, preload_cache_dir  # noqa: E402
 from rislib.demo import DEMO_IMAGE_SIZE, EVAL_SPLITS, demo_recipe, train_for_budget  # noqa: E402
 from rislib.engine.evaluator import evaluate  # noqa: E402
 from rislib.engine.train_cli import parse_assignments  # noqa: E402
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     model, summary = train_for_budget(a.model, a.preset, source, recipe=recipe, out_dir=out / a.name,
                                       minutes=a.minutes, steps=a.steps, seed=a.seed, progress=False,
                                       model_overrides=overrides, train_overrides=train_overrides,
-                                      command=" ".join(sys.argv), cache_dir=Path(a.data) / "cache")  # fmt: skip
+                                      command=" ".join(sys.argv), cache_dir=preload_cache_dir(a.data))  # fmt: skip
     size = model.config.image_size
     train_images = len(source.image_ids(split="train"))
     row = {"name": a.name, "model": a.model, "data": str(a.data), "train_images": train_images,

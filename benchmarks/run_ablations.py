@@ -28,9 +28,12 @@ Usage::
     # a second run of some rows, each from its first run's final weights (same seeds, own schedule):
     python benchmarks/run_ablations.py --seeds 0 1 --rows haris-full haris-use_feedback-false \
         --model-steps haris=5000 --init-runs runs/ablations --runs runs/ablations_ft ...
+    # a third run from the second's weights, at 128 px throughout (--init-runs lists every earlier run):
+    python benchmarks/run_ablations.py ... --model-steps haris=3000 --size-schedule 0:128 \
+        --init-runs runs/ablations runs/ablations_ft --runs runs/ablations_ft2 ...
 
-Both rows of a claim get the same second run, so the comparison stays at equal budget; the
-records (``train.json``) keep both runs' steps and minutes.
+Both rows of a claim get the same later runs, so the comparison stays at equal budget; the
+records (``train.json``) keep every run's steps and minutes.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from typing import Any
 
 import torch
 
-from rislib.data import RISDataset, generate_refshapes, open_source
+from rislib.data import RISDataset, generate_refshapes, open_source, preload_cache_dir
 from rislib.engine.evaluator import evaluate
 from rislib.engine.heuristics import available as heuristic_names
 from rislib.engine.heuristics import build_heuristic
@@ -99,10 +102,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-data", default=None, help="an existing RefShapes root to score on (default: --data)")
     p.add_argument("--model-steps", nargs="*", default=[], metavar="MODEL=STEPS",
                    help="per-method steps replacing --steps, e.g. lts=7500 maris=5000")  # fmt: skip
-    p.add_argument("--init-runs", default=None, metavar="DIR",
-                   help="a second run: start every row from <DIR>/seed<k>/<row>/final.pt (the earlier run of the same "
-                   "row and seed, e.g. runs/ablations) with a fresh optimiser and schedule of --model-steps steps; "
-                   "each record adds both runs' steps and minutes")  # fmt: skip
+    p.add_argument("--init-runs", nargs="+", default=None, metavar="DIR",
+                   help="a later run: start every row from <DIR>/seed<k>/<row>/final.pt of the last DIR (the earlier "
+                   "run of the same row and seed, e.g. runs/ablations) with a fresh optimiser and schedule of "
+                   "--model-steps steps; list every earlier run in order (runs/ablations runs/ablations_ft for a "
+                   "third run): each record adds all runs' steps and minutes")  # fmt: skip
+    p.add_argument("--size-schedule", default=None, metavar="F:SIDE,...",
+                   help="replace the recipe's progressive resizing, e.g. 0:128 (128 px throughout) or 0:64,0.6:128 "
+                   "(the cpu recipe's)")  # fmt: skip
     p.add_argument("--preload", action="store_true",
                    help="decode the training split once (cached in <train-data>/cache) and the test splits in memory")
     p.add_argument("--skip-floor", action="store_true", help="do not score the heuristics (another process does)")
@@ -113,12 +120,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.model_steps = {k: int(v) for k, v in (item.split("=", 1) for item in args.model_steps)}
     except ValueError:
         p.error(f"--model-steps: expected MODEL=STEPS items such as lts=7500, got {args.model_steps}")
+    if args.size_schedule is not None:
+        try:
+            args.size_schedule = parse_size_schedule(args.size_schedule)
+        except ValueError as e:
+            p.error(f"--size-schedule {args.size_schedule}: {e}")
     for flag in ("train_data", "eval_data"):
         root = getattr(args, flag)
         if root is not None and not (Path(root) / "refshapes" / "instances.json").is_file():
             p.error(f"--{flag.replace('_', '-')} {root}: no refshapes/instances.json there (expected an existing "
                     "RefShapes root; this script generates data only at --data)")  # fmt: skip
     return args
+
+
+def parse_size_schedule(text: str) -> tuple[tuple[float, int], ...]:
+    """``"0:64,0.6:128"`` -> ``((0.0, 64), (0.6, 128))``: from each fraction of the steps on, that side.
+
+    Raises:
+        ValueError: not ``FRACTION:SIDE`` items starting at fraction 0 with increasing fractions below 1.
+    """
+    try:
+        out = tuple((float(f), int(side)) for f, side in (item.split(":") for item in text.split(",")))
+    except ValueError:
+        raise ValueError("expected comma-separated FRACTION:SIDE items, e.g. 0:128 or 0:64,0.6:128") from None
+    fractions = [f for f, _ in out]
+    if fractions[0] != 0.0 or fractions != sorted(set(fractions)) or fractions[-1] >= 1 or min(s for _, s in out) < 8:
+        raise ValueError("expected increasing fractions starting at 0 and below 1, sides >= 8 (e.g. 0:64,0.6:128)")
+    return out
+
+
+def stages_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The earlier runs a row's record continues, oldest first (``earlier_run``: records of a second run
+    written before a third run was possible)."""
+    if record.get("earlier_runs"):
+        return list(record["earlier_runs"])
+    return [record["earlier_run"]] if record.get("earlier_run") else []
 
 
 def seeds_of(args: argparse.Namespace) -> list[int]:
@@ -151,8 +187,10 @@ def setting(args: argparse.Namespace, seed: int | None = None) -> dict[str, Any]
     }
     if args.model_steps:
         out["model_steps"] = dict(sorted(args.model_steps.items()))
-    if args.init_runs:
-        out["init_runs"] = Path(args.init_runs).name
+    if args.init_runs:  # one earlier run: its folder name, as recorded before a third run was possible
+        out["init_runs"] = " + ".join(Path(d).name for d in args.init_runs)
+    if args.size_schedule is not None:
+        out["size_schedule"] = [list(x) for x in args.size_schedule]
     if args.train_data or args.eval_data:
         out["train_data"] = Path(args.train_data or args.data).name
         out["eval_data"] = Path(args.eval_data or args.data).name
@@ -200,13 +238,14 @@ def run_row(
     torch.manual_seed(seed)
     model = build_model(model_name, args.preset, **{**recipe.model_overrides(), "image_size": args.image_size},
                         **overrides)  # fmt: skip
-    earlier = earlier_run(args, model_name, name, seed, model)
+    earlier = earlier_runs(args, model_name, name, seed, model)
     train = RISDataset(train_source, "train", mode="train", image_size=args.image_size, hflip=recipe.hflip, seed=seed)
     if args.preload:
-        train.preload(cache_dir=Path(args.train_data or args.data) / "cache", progress=not args.no_progress)
+        train.preload(cache_dir=preload_cache_dir(args.train_data or args.data), progress=not args.no_progress)
     runs = Path(args.runs) / (f"seed{seed}" if args.seeds else "")
     cfg = recipe.train_config(
         out_dir=str(runs / name),
+        **({"size_schedule": args.size_schedule} if args.size_schedule is not None else {}),
         overwrite=True,  # a rerun moves the earlier training folder aside (run_folder.py)
         steps=steps,
         warmup_steps=warmup_steps(recipe, steps),
@@ -240,8 +279,10 @@ def run_row(
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "recipe_source": recipe.source,
-        **({"earlier_run": earlier, "total_steps": earlier["steps"] + steps,
-            "total_train_minutes": round(earlier["train_minutes"] + minutes, 2)} if earlier else {}),
+        "run": _shown(runs / name),
+        "size_schedule": [list(x) for x in cfg.size_schedule],
+        **({"earlier_runs": earlier, "total_steps": sum(e["steps"] for e in earlier) + steps,
+            "total_train_minutes": round(sum(e["train_minutes"] for e in earlier) + minutes, 2)} if earlier else {}),
         "device": (
             f"cpu ({platform.machine()}), {torch.get_num_threads()} thread(s)"
             if trainer.device.type == "cpu"
@@ -259,31 +300,42 @@ def run_row(
     return True
 
 
-def earlier_run(args: argparse.Namespace, model_name: str, name: str, seed: int, model: Any) -> dict[str, Any] | None:
-    """With ``--init-runs``: load the earlier run's final weights of this row and seed into
-    ``model`` and return what that run was (folder, steps, minutes); ``None`` without it.
+def _shown(folder: Path) -> str:
+    """A folder as a record shows it: relative to the repository when inside it."""
+    return str(folder.resolve().relative_to(ROOT)) if folder.resolve().is_relative_to(ROOT) else str(folder)
+
+
+def earlier_runs(args: argparse.Namespace, model_name: str, name: str, seed: int, model: Any) -> list[dict[str, Any]]:
+    """With ``--init-runs``: load the last earlier run's final weights of this row and seed into
+    ``model`` and return what every earlier run was (folder, steps, minutes, image sides), oldest
+    first; ``[]`` without it.
 
     Raises:
-        FileNotFoundError: the earlier run has no ``final.pt`` (not trained, or stopped early).
+        FileNotFoundError: an earlier run has no ``final.pt`` (not trained, or stopped early).
+        ValueError: an earlier run did not complete.
     """
-    if not args.init_runs:
-        return None
-    folder = Path(args.init_runs) / f"seed{seed}" / name
-    final = folder / "final.pt"
-    if not final.is_file():
-        raise FileNotFoundError(f"--init-runs: {final} does not exist (expected the final weights of row {name}, "
-                                f"seed {seed}, trained by an earlier run of this script)")  # fmt: skip
-    summary = json.loads((folder / "summary.json").read_text())
-    if summary.get("status") != "completed":
-        raise ValueError(f"--init-runs: {folder / 'summary.json'} field 'status' is {summary.get('status')!r}, "
-                         "expected 'completed' (a second run starts from a finished first run)")  # fmt: skip
-    init_weights(model, final, expect=model_name)
-    return {
-        "run": str(folder.resolve().relative_to(ROOT)) if folder.resolve().is_relative_to(ROOT) else str(folder),
-        "steps": int(summary["steps"]),
-        "train_minutes": round(float(summary["train_minutes"]), 2),
-        "samples_per_s": summary.get("samples_per_s"),
-    }
+    stages = []
+    for root in args.init_runs or []:
+        folder = Path(root) / f"seed{seed}" / name
+        final = folder / "final.pt"
+        if not final.is_file():
+            raise FileNotFoundError(f"--init-runs: {final} does not exist (expected the final weights of row {name}, "
+                                    f"seed {seed}, trained by an earlier run of this script)")  # fmt: skip
+        summary = json.loads((folder / "summary.json").read_text())
+        if summary.get("status") != "completed":
+            raise ValueError(f"--init-runs: {folder / 'summary.json'} field 'status' is {summary.get('status')!r}, "
+                             "expected 'completed' (a later run starts from a finished earlier run)")  # fmt: skip
+        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+        stages.append({
+            "run": _shown(folder),
+            "steps": int(summary["steps"]),
+            "train_minutes": round(float(summary["train_minutes"]), 2),
+            "samples_per_s": summary.get("samples_per_s"),
+            "size_schedule": config.get("train_config", {}).get("size_schedule"),
+        })  # fmt: skip
+    if stages:
+        init_weights(model, Path(args.init_runs[-1]) / f"seed{seed}" / name / "final.pt", expect=model_name)
+    return stages
 
 
 def run_floor(args: argparse.Namespace, source: Any) -> None:
@@ -356,20 +408,54 @@ def seeded_scale_paragraph(
 ) -> str:
     """The setting of a study with several training seeds (``--seeds``), from its records."""
     recipe = get_recipe("lts", args.recipe)
-    # a method trained in two runs (--init-runs): its first run's steps here, the second's in `second`
-    twice = [r for r in records.values() if r.get("earlier_run")]
-    first = sorted({(r["model"], r["earlier_run"]["steps"] if r.get("earlier_run") else r["steps"])
+    # a method trained in several runs (--init-runs): its first run's steps here, the later ones in `later`
+    chained = [r for r in records.values() if stages_of(r)]
+    first = sorted({(r["model"], stages_of(r)[0]["steps"] if stages_of(r) else r["steps"])
                     for r in records.values()})  # fmt: skip
-    second = {r["model"]: r["steps"] for r in twice}
-    init_dirs = sorted({str(Path(r["earlier_run"]["run"]).parent.parent) for r in twice})
-    second_rows = {m: " ".join(sorted({r["row"] for r in twice if r["model"] == m})) for m in second}
-    second_seeds = {m: " ".join(map(str, sorted({r["seed"] for r in twice if r["model"] == m}))) for m in second}
-    ends = [f for f, _ in recipe.size_schedule[1:]] + [1.0]
-    schedule = ", then ".join(
-        f"{side} px for {'the first' if k == 0 else 'the last' if end == 1.0 else 'the next'} "
-        f"{round(100 * (end - start))}% of the steps"
-        for k, ((start, side), end) in enumerate(zip(recipe.size_schedule, ends))
-    )
+    later: dict[str, list[dict[str, Any]]] = {}  # model -> its later runs: steps, schedule, folders, rows, seeds
+    for r in chained:
+        runs = [*stages_of(r), {"run": r.get("run"), "steps": r["steps"], "size_schedule": r.get("size_schedule")}]
+        for k, stage in enumerate(runs[1:], start=1):
+            slot = later.setdefault(r["model"], [])
+            if len(slot) < k:
+                slot.append({"steps": stage["steps"], "schedule": stage.get("size_schedule"),
+                             "runs": str(Path(stage["run"]).parent.parent) if stage.get("run") else "runs/ablations_ft",
+                             "init": [str(Path(e["run"]).parent.parent) for e in runs[:k]],
+                             "rows": set(), "seeds": set()})  # fmt: skip
+            slot[k - 1]["rows"].add(r["row"])
+            slot[k - 1]["seeds"].add(r["seed"])
+    ordinal = {1: "second", 2: "third", 3: "fourth", 4: "fifth"}
+    recipe_schedule = [list(x) for x in recipe.size_schedule]
+
+    def sides(schedule: Any) -> str:
+        schedule = [tuple(x) for x in schedule]
+        if len(schedule) == 1:
+            return f"{schedule[0][1]} px throughout"
+        ends = [f for f, _ in schedule[1:]] + [1.0]
+        return ", then ".join(
+            f"{side} px for {'the first' if k == 0 else 'the last' if end == 1.0 else 'the next'} "
+            f"{round(100 * (end - start))}% of the steps"
+            for k, ((start, side), end) in enumerate(zip(schedule, ends))
+        )
+
+    def runs_text(m: str, n: int) -> str:
+        if m not in later:
+            return f"{n:,} steps ({m})"
+        stages = later[m]
+        names = " and ".join(ordinal.get(k, f"{k + 1}th") for k in range(1, len(stages) + 1))
+        odd = [
+            f"the {ordinal.get(k, f'{k + 1}th')} at {sides(st['schedule'])}"
+            for k, st in enumerate(stages, start=1)
+            if st["schedule"] and st["schedule"] != recipe_schedule
+        ]
+        return (
+            f"{' + '.join(f'{x:,}' for x in [n, *(st['steps'] for st in stages)])} steps ({m}: a {names} run of the "
+            f"recipe, {'each ' if len(stages) > 1 else ''}with its own warm-up and cosine decay, from the previous "
+            "run's final weights"
+            + (f"; {', '.join(odd)}" if odd else "") + ")"
+        )
+
+    schedule = sides(recipe.size_schedule) if recipe.size_schedule else ""
     devices = sorted({str(r.get("device")) for r in records.values()})
     # the seeds of every record in the folder, not only of this process's --seeds (one process per seed)
     seeded = [r for k, r in records.items() if k.startswith("seed")]
@@ -389,11 +475,7 @@ def seeded_scale_paragraph(
         f"models were trained (AdamW, lr {recipe.lr:g}, weight decay {recipe.weight_decay:g}, {recipe.schedule} "
         f"decay after {recipe.warmup_steps} warm-up steps, gradient clipping {recipe.grad_clip:g}, horizontal "
         f"flips, batch {args.batch_size}; {schedule or f'{args.image_size} px'}) for "
-        + ", ".join(
-            f"{n:,} + {second[m]:,} steps ({m}: a second run of the recipe, with its own warm-up and cosine decay, "
-            "from the first run's final weights)" if m in second else f"{n:,} steps ({m})"
-            for m, n in first
-        )
+        + ", ".join(runs_text(m, n) for m, n in first)
         + f" on the {Path(args.train_data or args.data).name} training split, once per training seed "
         f"({', '.join(str(k) for k in seeds)}{extra_text}), and is scored on the test splits of "
         f"{Path(args.eval_data or args.data).name} with the original-resolution protocol. Ran on "
@@ -408,9 +490,14 @@ def seeded_scale_paragraph(
         f"--model-steps {' '.join(f'{m}={n}' for m, n in first)} --preload --rows ROW ... --out {args.out}` "
         f"(one process per core; `--skip-floor` in all but one){extra_command}"
         + "".join(
-            f"; then the second run of {m} with `--seeds {second_seeds[m]} --rows {second_rows[m]} --model-steps "
-            f"{m}={n} --init-runs {' '.join(init_dirs)} --runs runs/ablations_ft --skip-floor` (same other arguments)"
-            for m, n in second.items()
+            f"; then the {ordinal.get(k, f'{k + 1}th')} run of {m} with `--seeds "
+            f"{' '.join(map(str, sorted(st['seeds'])))} --rows {' '.join(sorted(st['rows']))} --model-steps "
+            f"{m}={st['steps']}"
+            + (f" --size-schedule {','.join(f'{f:g}:{side}' for f, side in st['schedule'])}"
+               if st["schedule"] and st["schedule"] != recipe_schedule else "")
+            + f" --init-runs {' '.join(st['init'])} --runs {st['runs']} --skip-floor` (same other arguments)"
+            for m, stages in later.items()
+            for k, st in enumerate(stages, start=1)
         )
         + "."
     )
@@ -514,17 +601,17 @@ def write_summary(args: argparse.Namespace) -> Path:
         "",
         "## Training records",
         "",
-        "Steps and minutes of a row trained in two runs are both runs' (first + second); samples/s and the losses "
-        "are the second run's.",
+        "Steps and minutes of a row trained in several runs are every run's (first + second + ...); samples/s and "
+        "the losses are the last run's.",
         "",
         "| run | parameters | steps | minutes | samples/s | first loss | last loss |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in train_records.items():
         sps = r.get("samples_per_s")
-        early = r.get("earlier_run")
-        steps = f"{early['steps']:,} + {r['steps']:,}" if early else f"{r['steps']:,}"
-        mins = f"{early['train_minutes']:.1f} + {r['train_minutes']:.1f}" if early else f"{r['train_minutes']:.1f}"
+        runs = [*stages_of(r), r]
+        steps = " + ".join(f"{x['steps']:,}" for x in runs)
+        mins = " + ".join(f"{x['train_minutes']:.1f}" for x in runs)
         lines.append(
             f"| {name} | {r['parameters'] / 1e6:.2f} M | {steps} | {mins} | "
             f"{sps:.1f} | {r['first_loss']:.3f} | {r['last_loss']:.3f} |"

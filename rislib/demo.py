@@ -441,7 +441,7 @@ def main(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .data import RISDataset, open_source
+    from .data import RISDataset, open_source, preload_cache_dir
     from .engine.train_cli import ensure_refshapes, parse_counts
     from .models import available_pretrained, load_pretrained
     from .viz import apply_style
@@ -464,7 +464,7 @@ def main(args: argparse.Namespace) -> int:
     recipe = demo_recipe(args.model, side)
     model, s = train_for_budget(args.model, args.preset, source, recipe=recipe, out_dir=run,
                                 minutes=args.max_minutes, steps=args.steps, seed=args.seed,
-                                progress=not args.no_progress, cache_dir=data / "cache")  # fmt: skip
+                                progress=not args.no_progress, cache_dir=preload_cache_dir(data))  # fmt: skip
     size = model.config.image_size
     print(f"trained {s['steps']} of {s['total_steps']} steps in {s['train_minutes']:.1f} min "
           f"({s['samples_per_s']:.0f} samples/s, stopped: {s['status']})")  # fmt: skip

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .refshapes import DEFAULT_COUNTS, SPLIT_TYPES, SPLITS, generate_refshapes
     from .refshapes.language import parse_expression
     from .refshapes.render import COLOURS, HELD_OUT_PAIRS, SHAPES
-    from .roots import check_data_root, missing_files, root_state
+    from .roots import check_data_root, missing_files, preload_cache_dir, root_state
     from .safe_pickle import load_pickle
     from .sources import open_source
     from .transforms import flip_expression, restore_mask
@@ -55,6 +55,7 @@ _EXPORTS = {
     "SHAPES": "refshapes.render",
     "check_data_root": "roots",
     "missing_files": "roots",
+    "preload_cache_dir": "roots",
     "root_state": "roots",
     "load_pickle": "safe_pickle",
     "open_source": "sources",
@@ -94,6 +95,7 @@ __all__ = [
     "mask_to_rle",
     "missing_files",
     "open_source",
+    "preload_cache_dir",
     "parse_expression",
     "restore_mask",
     "root_state",

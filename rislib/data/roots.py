@@ -14,7 +14,15 @@ from pathlib import Path
 from .catalog import GREFER_DATASETS, PHRASECUT, REFER_DATASETS
 from .errors import DataRootError
 
-__all__ = ["required_files", "missing_files", "root_state", "check_data_root"]
+__all__ = ["required_files", "missing_files", "root_state", "check_data_root", "preload_cache_dir"]
+
+
+def preload_cache_dir(root: str | os.PathLike) -> Path:
+    """Where :meth:`rislib.data.RISDataset.preload` keeps the decoded arrays of a data root's
+    splits for later runs: ``<root>/cache`` (one ``.npz`` per split, image size and source
+    files; a stale file is rebuilt). ``rislib train --preload``, ``make demo`` and the
+    benchmark scripts share it, so a split is decoded once per root."""
+    return Path(root) / "cache"
 
 
 def required_files(root: str | os.PathLike, dataset: str, split_by: str | None = None) -> list[tuple[Path, ...]]:

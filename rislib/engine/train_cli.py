@@ -185,6 +185,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..data import preload_cache_dir
     from ..models import build_model
     from .distributed import cleanup_distributed, setup_distributed
     from .recipes import get_recipe
@@ -209,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
         train, val = build_datasets(
             args.data, args.dataset, image_size=model.config.image_size, hflip=recipe.hflip, seed=args.seed,
             split_by=args.split_by, train_split=args.train_split, val_split=args.val_split or None,
-            preload=args.preload, cache_dir=args.cache_dir or Path(args.data) / "cache",
+            preload=args.preload, cache_dir=args.cache_dir or preload_cache_dir(args.data),
             progress=ctx.is_main and not args.no_progress, strict=args.strict,
         )  # fmt: skip
         train.check_expressions(model.tokenizer)  # a sentence the tokenizer refuses stops here, named
