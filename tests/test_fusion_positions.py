@@ -25,6 +25,20 @@ def test_projected_positions_are_a_1x1_projection_of_the_sine_embedding(layout):
     torch.testing.assert_close(positions(x.permute(0, 2, 3, 1), channels_last=True), expected.permute(0, 2, 3, 1))
 
 
+@pytest.mark.parametrize("fn", [sine_position_embedding_2d, mask2former_position_embedding])
+def test_sine_tables_are_built_once_and_serve_training_after_inference(fn):
+    fn.cache_clear()
+    with torch.inference_mode():  # first asked for while evaluating
+        first = fn(3, 4, 8, torch.device("cpu"))
+    again = fn(3, 4, 8, "cpu", torch.float32)
+    assert again is first and not first.is_inference() and not first.requires_grad
+    torch.testing.assert_close(first, fn.__wrapped__(3, 4, 8, torch.device("cpu")))  # the uncached builder
+    assert fn(3, 4, 8, "cpu", torch.float64).dtype == torch.float64 and fn(4, 3, 8, "cpu").shape == (12, 8)
+    x = torch.randn(12, 8, requires_grad=True)
+    (x * fn(3, 4, 8, "cpu")).sum().backward()  # usable in a graph that trains
+    torch.testing.assert_close(x.grad, first)
+
+
 def test_projected_positions_need_a_width_divisible_by_4():
     with pytest.raises(ValueError, match="divisible by 4"):
         ProjectedPositions(10)

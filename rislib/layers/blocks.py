@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -109,10 +111,36 @@ def coord_features(b: int, h: int, w: int, device: torch.device, dtype: torch.dt
     return torch.cat([gx, gy, size])[None].expand(b, 8, h, w)
 
 
+def _positions_cached(build: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Cache a sine-position builder by its arguments: every forward pass asks for the same few
+    tables (one per feature-map size), and building one costs some 30 small operator calls.
+
+    The cached tensor is a constant made outside autograd and inference mode (so a table first
+    asked for under ``torch.inference_mode`` still serves training); callers add it out of
+    place and never modify it. Under ``torch.compile`` the builder runs uncached (traced)."""
+    cached = functools.lru_cache(maxsize=256)(build)
+
+    @functools.wraps(build)
+    def get(
+        h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32,
+        temperature: float = 10000.0,
+    ) -> Tensor:
+        if torch.compiler.is_compiling():
+            return build(h, w, dim, device, dtype, temperature)
+        with torch.inference_mode(False), torch.no_grad():
+            return cached(int(h), int(w), int(dim), torch.device(device), dtype, float(temperature))
+
+    get.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return get
+
+
+@_positions_cached
 def sine_position_embedding_2d(
     h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32, temperature: float = 10000.0
 ) -> Tensor:
-    """DETR-style 2-D sine/cosine positions, ``[H*W, dim]`` (``dim`` divisible by 4)."""
+    """DETR-style 2-D sine/cosine positions, ``[H*W, dim]`` (``dim`` divisible by 4).
+
+    Cached per argument set (a shared constant: add it, never modify it in place)."""
     if dim % 4:
         raise ValueError(f"sine_position_embedding_2d: dim must be divisible by 4, got {dim}")
     quarter = dim // 4
@@ -125,6 +153,7 @@ def sine_position_embedding_2d(
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).to(dtype)
 
 
+@_positions_cached
 def mask2former_position_embedding(
     h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32, temperature: float = 10000.0
 ) -> Tensor:
@@ -140,7 +169,8 @@ def mask2former_position_embedding(
     this project's own layout (``[x sin | x cos | y sin | y cos]`` at cell centres
     ``(i + 0.5) / n * 2 pi``): the same family of features in another order, so the two are
     interchangeable for a model trained from scratch but not for released weights.
-    ``tests/golden`` checks this function against the official module.
+    ``tests/golden`` checks this function against the official module. Cached per argument
+    set (a shared constant: add it, never modify it in place).
     """
     if dim % 4:
         raise ValueError(f"mask2former_position_embedding: dim must be divisible by 4, got {dim}")
