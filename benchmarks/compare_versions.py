@@ -17,6 +17,8 @@ Writes ``benchmarks/results/compare_<date>[_<label>].json`` and prints one line 
     git archive 9ff330e | tar -x -C /tmp/old
     python benchmarks/compare_versions.py --old /tmp/old --label main-9ff330e
     python benchmarks/compare_versions.py --old /tmp/old --models magnet --set mg_mode=shared
+    # the same network when the preset gained an option since (here: off in the new version only)
+    python benchmarks/compare_versions.py --old /tmp/old --models magnet --new-set fusion_positions=False
 """
 
 from __future__ import annotations
@@ -97,14 +99,21 @@ def numerics(old_model, new_model, old_batch, new_batch) -> dict[str, Any]:
     }
 
 
-def compare(old, name: str, size: int, overrides: dict[str, Any], rounds: int, steps: int) -> dict[str, Any]:
+def compare(
+    old, name: str, size: int, overrides: dict[str, Any], rounds: int, steps: int,
+    new_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Numerics and speed of one method and size; ``new_overrides`` apply to the new version only
+    (a preset option added since, turned off so that both versions build the same network)."""
     torch.manual_seed(0)
     old_model = old.models.build_model(name, "tiny", image_size=size, **overrides)
-    new_model = rislib.models.build_model(name, "tiny", image_size=size, **overrides)
+    new_model = rislib.models.build_model(name, "tiny", image_size=size, **{**overrides, **(new_overrides or {})})
     new_model.load_state_dict(old_model.state_dict())
     batch = synthetic_batch(16, size, 0)
     old_batch = old.types.Batch(images=batch.images, text=batch.text, masks=batch.masks, meta=batch.meta)
     row: dict[str, Any] = {"model": name, "image_size": size, "overrides": overrides}
+    if new_overrides:
+        row["new_overrides"] = new_overrides
     row.update(numerics(old_model, new_model, old_batch, batch))
     trainers, batches = {}, {"old": old_batch, "new": batch}
     for tag, pkg, model in (("old", old, old_model), ("new", rislib, new_model)):
@@ -134,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (both versions)")
+    parser.add_argument("--new-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides of the new version only (an option the old version lacks)")
     parser.add_argument("--rounds", type=int, default=4, help="alternations of the two versions")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per version and round")
     parser.add_argument("--threads", type=int, default=1)
@@ -148,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in models:
         for size in args.sizes:
-            r = compare(old, name, size, overrides, args.rounds, args.steps)
+            r = compare(old, name, size, overrides, args.rounds, args.steps, parse_assignments(args.new_set))
             print(f"{name:8s} {size:4d} px {overrides or ''}: old {r['old_samples_per_s']:6.1f}, new "
                   f"{r['new_samples_per_s']:6.1f} samples/s (median CPU time), x{r['speedup']:.2f}; logits diff "
                   f"{r['logits_max_abs_diff']:.1e}, loss rel diff {r['loss_max_rel_diff']:.1e}, grad rel diff "
