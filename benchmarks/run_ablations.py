@@ -55,6 +55,7 @@ from rislib.engine.heuristics import available as heuristic_names
 from rislib.engine.heuristics import build_heuristic
 from rislib.engine.recipes import get_recipe
 from rislib.engine.train_cli import init_weights
+from rislib.engine.train_config import check_size_schedule
 from rislib.engine.trainer import Trainer
 from rislib.models import build_model
 from rislib.tables.ablations import (
@@ -134,19 +135,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def parse_size_schedule(text: str) -> tuple[tuple[float, int], ...]:
-    """``"0:64,0.6:128"`` -> ``((0.0, 64), (0.6, 128))``: from each fraction of the steps on, that side.
+    """``"0:64,0.6:128"`` -> ``((0.0, 64), (0.6, 128))``: from each fraction of the steps on, that side
+    (checked as a training run checks it, :func:`rislib.engine.train_config.check_size_schedule`).
 
     Raises:
-        ValueError: not ``FRACTION:SIDE`` items starting at fraction 0 with increasing fractions below 1.
+        ValueError: not ``FRACTION:SIDE`` items, or not a schedule a run accepts.
     """
-    try:
-        out = tuple((float(f), int(side)) for f, side in (item.split(":") for item in text.split(",")))
-    except ValueError:
-        raise ValueError("expected comma-separated FRACTION:SIDE items, e.g. 0:128 or 0:64,0.6:128") from None
-    fractions = [f for f, _ in out]
-    if fractions[0] != 0.0 or fractions != sorted(set(fractions)) or fractions[-1] >= 1 or min(s for _, s in out) < 8:
-        raise ValueError("expected increasing fractions starting at 0 and below 1, sides >= 8 (e.g. 0:64,0.6:128)")
-    return out
+    items = [item.split(":") for item in text.split(",")]
+    if any(len(item) != 2 for item in items):
+        raise ValueError("expected comma-separated FRACTION:SIDE items, e.g. 0:128 or 0:64,0.6:128")
+    return check_size_schedule(items)
 
 
 def stages_of(record: dict[str, Any]) -> list[dict[str, Any]]:

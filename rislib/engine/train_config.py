@@ -9,9 +9,30 @@ from typing import Any
 from ..errors import ConfigError
 from .schedules import SCHEDULES
 
-__all__ = ["TrainConfig", "PRECISIONS"]
+__all__ = ["TrainConfig", "PRECISIONS", "check_size_schedule"]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def check_size_schedule(schedule: Any) -> tuple[tuple[float, int], ...]:
+    """``schedule`` as ``((fraction, side), ...)`` (``None`` -> ``()``), checked: starts at fraction
+    0, fractions increase and stay below 1, sides are at least 8 pixels.
+
+    Raises:
+        ConfigError: saying what was expected and what was given.
+    """
+    try:  # None means no schedule, as () does
+        out = tuple((float(f), int(side)) for f, side in (schedule or ()))
+    except (TypeError, ValueError):
+        raise ConfigError(f"size_schedule: expected (fraction, side) pairs ((0.0, side), (f, side), ...), or () "
+                          f"for none, got {schedule!r}") from None  # fmt: skip
+    fractions = [f for f, _ in out]
+    if fractions and (
+        fractions[0] != 0.0 or fractions != sorted(set(fractions)) or fractions[-1] >= 1 or any(s < 8 for _, s in out)
+    ):
+        raise ConfigError(f"size_schedule: expected ((0.0, side), (f, side), ...): increasing fractions in [0, 1), "
+                          f"sides >= 8, got {schedule!r}")  # fmt: skip
+    return out
 
 
 @dataclass
@@ -166,16 +187,10 @@ class TrainConfig:
             raise bad("log_every", "a positive integer")
         if any(not 0 < m < 1 for m in self.milestones):
             raise bad("milestones", "fractions of the total steps, each in (0, 1)")
-        try:  # None means no schedule, as () does
-            self.size_schedule = tuple((float(f), int(side)) for f, side in (self.size_schedule or ()))
-        except (TypeError, ValueError):
-            raise bad("size_schedule", "(fraction, side) pairs ((0.0, side), (f, side), ...), or () for none") from None
-        fractions = [f for f, _ in self.size_schedule]
-        if fractions and (
-            fractions[0] != 0.0 or fractions != sorted(set(fractions)) or fractions[-1] >= 1
-            or any(side < 8 for _, side in self.size_schedule)
-        ):  # fmt: skip
-            raise bad("size_schedule", "((0.0, side), (f, side), ...): increasing fractions in [0, 1), sides >= 8")
+        try:
+            self.size_schedule = check_size_schedule(self.size_schedule)
+        except ConfigError as e:
+            raise ConfigError(f"TrainConfig.{e}") from None
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         self.milestones = tuple(self.milestones)
 
