@@ -28,7 +28,6 @@ and summed by a second matrix product (:func:`pyramid_matrices`).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import LayerNorm2d, is_recording
+from ..layers.constants import cached_constant
 from ..layers.resize import interpolation_matrix
 from .pwam import PixelWordAttentionModule
 
@@ -136,23 +136,22 @@ def _distinct_rows(m: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack(rows), onehot[:, : len(rows)]
 
 
-@functools.lru_cache(maxsize=64)
+@cached_constant(maxsize=64)
 def _pyramid_matrices(
     pool_sizes: tuple[int, ...], h: int, w: int, device: str, distinct: bool
 ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
-    with torch.inference_mode(False), torch.no_grad():
-        pools, ups, counts = [], [], []
-        for p in pool_sizes:
-            ph, pw = _adaptive_pool_matrix(h, p), _adaptive_pool_matrix(w, p)  # [p, h], [p, w]
-            ah = interpolation_matrix(p, h, align_corners=True, dtype=torch.float64)  # [h, p]
-            aw = interpolation_matrix(p, w, align_corners=True, dtype=torch.float64)  # [w, p]
-            if distinct:  # equal bins give equal tokens: keep one, and sum the upsampling weights of its copies
-                (ph, eh), (pw, ew) = _distinct_rows(ph), _distinct_rows(pw)
-                ah, aw = ah @ eh, aw @ ew
-            pools.append(torch.kron(ph, pw))  # [n, HW]
-            ups.append(torch.kron(ah, aw))  # [HW, n]
-            counts.append(ph.shape[0] * pw.shape[0])
-        return torch.cat(pools).float().to(device), torch.cat(ups, 1).float().to(device), tuple(counts)
+    pools, ups, counts = [], [], []
+    for p in pool_sizes:
+        ph, pw = _adaptive_pool_matrix(h, p), _adaptive_pool_matrix(w, p)  # [p, h], [p, w]
+        ah = interpolation_matrix(p, h, align_corners=True, dtype=torch.float64)  # [h, p]
+        aw = interpolation_matrix(p, w, align_corners=True, dtype=torch.float64)  # [w, p]
+        if distinct:  # equal bins give equal tokens: keep one, and sum the upsampling weights of its copies
+            (ph, eh), (pw, ew) = _distinct_rows(ph), _distinct_rows(pw)
+            ah, aw = ah @ eh, aw @ ew
+        pools.append(torch.kron(ph, pw))  # [n, HW]
+        ups.append(torch.kron(ah, aw))  # [HW, n]
+        counts.append(ph.shape[0] * pw.shape[0])
+    return torch.cat(pools).float().to(device), torch.cat(ups, 1).float().to(device), tuple(counts)
 
 
 def pyramid_matrices(
@@ -175,5 +174,4 @@ def pyramid_matrices(
     for fewer tokens. The returned counts are the tokens per size (``p * p`` without it).
     """
     key = (tuple(int(p) for p in pool_sizes), int(h), int(w), str(torch.device(device)), bool(distinct))
-    make = _pyramid_matrices.__wrapped__ if torch.compiler.is_compiling() else _pyramid_matrices
-    return make(*key)
+    return _pyramid_matrices(*key)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .constants import cached_constant
 
 __all__ = [
     "MLP",
@@ -111,30 +111,17 @@ def coord_features(b: int, h: int, w: int, device: torch.device, dtype: torch.dt
     return torch.cat([gx, gy, size])[None].expand(b, 8, h, w)
 
 
-def _positions_cached(build: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """Cache a sine-position builder by its arguments: every forward pass asks for the same few
-    tables (one per feature-map size), and building one costs some 30 small operator calls.
-
-    The cached tensor is a constant made outside autograd and inference mode (so a table first
-    asked for under ``torch.inference_mode`` still serves training); callers add it out of
-    place and never modify it. Under ``torch.compile`` the builder runs uncached (traced)."""
-    cached = functools.lru_cache(maxsize=256)(build)
-
-    @functools.wraps(build)
-    def get(
-        h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32,
-        temperature: float = 10000.0,
-    ) -> Tensor:
-        if torch.compiler.is_compiling():
-            return build(h, w, dim, device, dtype, temperature)
-        with torch.inference_mode(False), torch.no_grad():
-            return cached(int(h), int(w), int(dim), torch.device(device), dtype, float(temperature))
-
-    get.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
-    return get
+def _table_args(
+    h: int, w: int, dim: int, device: torch.device | str, dtype: torch.dtype = torch.float32,
+    temperature: float = 10000.0,
+) -> tuple[int, int, int, torch.device, torch.dtype, float]:
+    """One cache key per sine table, however it is asked for (``"cpu"`` or ``torch.device("cpu")``,
+    defaults given or not). Building a table is some 30 small operator calls, asked for at
+    every feature level of every forward pass (:func:`~rislib.layers.constants.cached_constant`)."""
+    return int(h), int(w), int(dim), torch.device(device), dtype, float(temperature)
 
 
-@_positions_cached
+@cached_constant(key=_table_args)
 def sine_position_embedding_2d(
     h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32, temperature: float = 10000.0
 ) -> Tensor:
@@ -153,7 +140,7 @@ def sine_position_embedding_2d(
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).to(dtype)
 
 
-@_positions_cached
+@cached_constant(key=_table_args)
 def mask2former_position_embedding(
     h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype = torch.float32, temperature: float = 10000.0
 ) -> Tensor:

@@ -22,34 +22,33 @@ and for outputs under 256 pixels (where one kernel beats two small products),
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .constants import cached_constant
+
 __all__ = ["interpolation_matrix", "resize_bilinear"]
 
 
-@functools.lru_cache(maxsize=256)
+@cached_constant()
 def _matrix(n_in: int, n_out: int, align_corners: bool, device: str, dtype: torch.dtype) -> Tensor:
-    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable by autograd later
-        # source positions in float32, as PyTorch's CPU kernel computes them (so the weights match it)
-        i = torch.arange(n_out, dtype=torch.float32)
-        if align_corners:
-            scale = torch.tensor((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0, dtype=torch.float32)
-            src = i * scale
-        else:
-            scale = torch.tensor(n_in / n_out, dtype=torch.float32)
-            src = (scale * (i + 0.5) - 0.5).clamp_min(0.0)
-        lo = src.floor().long().clamp_max(n_in - 1)
-        hi = (lo + 1).clamp_max(n_in - 1)
-        frac = (src - lo).clamp(0.0, 1.0).double()
-        m = torch.zeros(n_out, n_in, dtype=torch.float64)
-        rows = torch.arange(n_out)
-        m.index_put_((rows, lo), 1.0 - frac, accumulate=True)
-        m.index_put_((rows, hi), frac, accumulate=True)
-        return m.to(device=device, dtype=dtype)
+    # source positions in float32, as PyTorch's CPU kernel computes them (so the weights match it)
+    i = torch.arange(n_out, dtype=torch.float32)
+    if align_corners:
+        scale = torch.tensor((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0, dtype=torch.float32)
+        src = i * scale
+    else:
+        scale = torch.tensor(n_in / n_out, dtype=torch.float32)
+        src = (scale * (i + 0.5) - 0.5).clamp_min(0.0)
+    lo = src.floor().long().clamp_max(n_in - 1)
+    hi = (lo + 1).clamp_max(n_in - 1)
+    frac = (src - lo).clamp(0.0, 1.0).double()
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    m.index_put_((rows, lo), 1.0 - frac, accumulate=True)
+    m.index_put_((rows, hi), frac, accumulate=True)
+    return m.to(device=device, dtype=dtype)
 
 
 def interpolation_matrix(
@@ -57,8 +56,7 @@ def interpolation_matrix(
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:  # fmt: skip
     """The ``[n_out, n_in]`` matrix of 1-D linear interpolation (PyTorch's rule; cached, do not modify)."""
-    make = _matrix.__wrapped__ if torch.compiler.is_compiling() else _matrix  # compiled graphs fold it in
-    return make(int(n_in), int(n_out), bool(align_corners), str(torch.device(device)), dtype)
+    return _matrix(int(n_in), int(n_out), bool(align_corners), str(torch.device(device)), dtype)
 
 
 def resize_bilinear(x: Tensor, size: tuple[int, int] | torch.Size, *, align_corners: bool = False) -> Tensor:
