@@ -26,7 +26,7 @@ from torch import Tensor
 from ..decoders.fpn import FPNDecoder
 from ..fusion.concat import TileConcatFusion
 from ..fusion.pixel_word_attention import PixelWordTransformer
-from ..losses import binary_cross_entropy, dice_loss
+from ..losses import binary_cross_entropy, dice_loss, match_size
 from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
 from .registry import register_model
@@ -101,8 +101,9 @@ class _BaselineBase(RISModel):
         """``{"bce", "dice", "total"}``: ``bce_weight * BCE + dice_weight * Dice`` on the upsampled logits."""
         if batch.masks is None:
             raise ValueError(f"{type(self).__name__}.loss: Batch.masks is None (expected [B, 1, H, W] targets)")
-        bce = binary_cross_entropy(output.logits, batch.masks)
-        dice = dice_loss(output.logits, batch.masks)
+        logits = match_size(output.logits, batch.masks)  # upsampled once for both terms
+        bce = binary_cross_entropy(logits, batch.masks)
+        dice = dice_loss(logits, batch.masks)
         total = self.config.bce_weight * bce + self.config.dice_weight * dice
         return {"bce": bce, "dice": dice, "total": total}
 

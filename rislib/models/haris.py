@@ -76,7 +76,7 @@ from torch import Tensor, nn
 from ..decoders.mask2former import MaskedQueryDecoder, MultiScalePixelDecoder
 from ..fusion.haris import FEEDBACK_MODES, HierarchicalHumanLikeFusion, SimpleFeaturePyramid
 from ..layers.blocks import ProjectedPositions, masked_mean
-from ..losses import dice_loss, sigmoid_focal_loss
+from ..losses import dice_loss, match_size, sigmoid_focal_loss
 from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
 from .registry import parameter_counts as registry_parameter_counts
@@ -369,6 +369,7 @@ class HARIS(RISModel):
     def mask_loss(self, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Focal and dice losses of ``logits [B, 1, h, w]`` against ``target [B, 1, H, W]``."""
         c = self.config
+        logits = match_size(logits, target)  # upsampled once for both terms, [B, 1, H, W]
         return sigmoid_focal_loss(logits, target, c.focal_alpha, c.focal_gamma), dice_loss(logits, target)
 
     def loss(self, batch: Batch, output: ModelOutput) -> dict[str, Tensor]:

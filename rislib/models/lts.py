@@ -52,7 +52,7 @@ from torch import Tensor
 
 from ..decoders.lts import LightSegmentationHead
 from ..fusion.lts import INTERACTIONS, CrossModalFeatures, CrossModalLocator
-from ..losses import binary_cross_entropy, dice_loss
+from ..losses import binary_cross_entropy, dice_loss, match_size
 from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
 from .registry import register_model
@@ -216,11 +216,12 @@ class LTS(RISModel):
         """``{"seg", "loc", "total"}`` (``"loc"`` only with the position prior; ``"dice"`` when weighted)."""
         if batch.masks is None:
             raise ValueError("LTS.loss: Batch.masks is None (expected [B, 1, H, W] targets)")
-        seg = binary_cross_entropy(output.logits, batch.masks)
+        logits = match_size(output.logits, batch.masks)  # upsampled once for both terms
+        seg = binary_cross_entropy(logits, batch.masks)
         out = {"seg": seg}
         total = self.config.seg_weight * seg
         if self.config.dice_weight:
-            dice = dice_loss(output.logits, batch.masks)
+            dice = dice_loss(logits, batch.masks)
             out["dice"] = dice
             total = total + self.config.dice_weight * dice
         if "location" in output.aux:

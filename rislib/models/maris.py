@@ -56,7 +56,7 @@ from ..decoders.maris import NEW_DECODER_MODULES, MutualAwareMaskDecoder
 from ..encoders.sam import SamImageEncoder, split_sam_checkpoint
 from ..fusion.maris import FeatureEnhancement, MutualAwareAttention
 from ..layers.blocks import masked_mean
-from ..losses import binary_cross_entropy, dice_loss
+from ..losses import binary_cross_entropy, dice_loss, match_size
 from ..types import Batch, ModelOutput
 from .base import ModelConfig, RISModel
 from .registry import parameter_counts as registry_parameter_counts
@@ -326,8 +326,9 @@ class MARIS(RISModel):
         """``bce`` and ``dice`` at the target's resolution, ``total = w_bce bce + w_dice dice``."""
         if batch.masks is None:
             raise ValueError("MARIS.loss: batch.masks is None (expected [B, 1, H, W] targets)")
-        bce = binary_cross_entropy(output.logits, batch.masks)
-        dice = dice_loss(output.logits, batch.masks)
+        logits = match_size(output.logits, batch.masks)  # upsampled once for both terms
+        bce = binary_cross_entropy(logits, batch.masks)
+        dice = dice_loss(logits, batch.masks)
         return {"bce": bce, "dice": dice, "total": self.config.bce_weight * bce + self.config.dice_weight * dice}
 
 
