@@ -332,7 +332,7 @@ def earlier_runs(args: argparse.Namespace, model_name: str, name: str, seed: int
             "size_schedule": config.get("train_config", {}).get("size_schedule"),
         })  # fmt: skip
     if stages:
-        init_weights(model, Path(args.init_runs[-1]) / f"seed{seed}" / name / "final.pt", expect=model_name)
+        init_weights(model, final, expect=model_name)  # the last earlier run's weights
     return stages
 
 
